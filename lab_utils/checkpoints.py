@@ -1,0 +1,517 @@
+"""Move model checkpoints between S3 (or any S3-compatible server) and local disk, safely.
+
+Every download lands in a `<name>.part` file first and is renamed only after its size and
+(where S3 gives us one) its MD5 have been checked, so an interrupted or corrupted transfer
+never looks like a finished checkpoint. Problems a learner can fix are raised as `LabError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from tqdm.auto import tqdm
+
+from .errors import LabError
+
+# Multipart size used for our own uploads; also the first guess when re-computing a
+# multipart ETag (it is MD5 of the part MD5s, so it depends on the part size).
+CHUNK_SIZE = 8 * 1024 * 1024
+# Few threads: the lab machines have 2 CPU cores shared with the notebook kernel.
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=CHUNK_SIZE, multipart_chunksize=CHUNK_SIZE, max_concurrency=4
+)
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_DENIED_CODES = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+}
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# small public helpers
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split "s3://bucket/some/prefix/" into ("bucket", "some/prefix/")."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise LabError(
+            f"{uri!r} is not an S3 URI.",
+            "Write it as s3://BUCKET/path/to/object (or s3://BUCKET/folder/ for a folder).",
+        )
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    # Bucket names are 3-63 chars of lowercase letters, digits, dots and dashes; checking here
+    # gives a clearer message than the server's InvalidBucketName.
+    if (
+        not bucket
+        or len(bucket) < 3
+        or len(bucket) > 63
+        or not all(c.islower() or c.isdigit() or c in ".-" for c in bucket)
+    ):
+        raise LabError(
+            f"{uri!r} does not start with a valid bucket name (got {bucket!r}).",
+            "Write it as s3://BUCKET/path; bucket names are 3-63 lowercase letters, digits, '.' or '-'.",
+        )
+    return bucket, key
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Total size in bytes of a file, or of all files under a folder."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if not p.exists():
+        raise LabError(
+            f"{p} does not exist.", "Check the path (did the previous step finish?)."
+        )
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def format_size(n: int) -> str:
+    """Human-readable decimal size, e.g. 945_000_000 -> "945.0 MB" (the units the course uses)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def s3_client(anonymous: bool = False):
+    """A boto3 S3 client from the standard AWS configuration, with bounded retries and timeouts."""
+    # Respect AWS_MAX_ATTEMPTS / AWS_RETRY_MODE if the user set them: a Config value would
+    # otherwise silently override the standard configuration.
+    retries = {
+        "mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+        "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5")),
+    }
+    kwargs = {"retries": retries, "connect_timeout": 5, "read_timeout": 60}
+    if anonymous:
+        kwargs["signature_version"] = UNSIGNED  # public buckets: no credentials needed
+    # No request/response checksum override: botocore's default CRC32 checksums work with
+    # moto 5.2 (checked), so we keep the extra integrity check they give.
+    try:
+        # A fresh Session each time: boto3.client() reuses a default session that caches the
+        # credentials it found first, so keys set later in the notebook would be ignored.
+        return boto3.session.Session().client("s3", config=Config(**kwargs))
+    except Exception as e:  # e.g. a profile named in AWS_PROFILE that does not exist
+        raise LabError(
+            f"Could not create an S3 client from your AWS configuration: {e}",
+            "Check AWS_PROFILE / AWS_DEFAULT_REGION / AWS_ENDPOINT_URL_S3 and ~/.aws/config.",
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# error translation
+
+
+def _endpoint(client) -> str:
+    return getattr(client.meta, "endpoint_url", None) or "(default AWS endpoint)"
+
+
+def _is_local(client) -> bool:
+    host = urlparse(_endpoint(client)).hostname or ""
+    return host in _LOCAL_HOSTS
+
+
+def _botocore_cause(exc: BaseException) -> BaseException:
+    """boto3's upload_file wraps ClientError in S3UploadFailedError; find the real error."""
+    seen = exc
+    while seen is not None:
+        if isinstance(
+            seen,
+            (ClientError, NoCredentialsError, PartialCredentialsError, *_UNREACHABLE),
+        ):
+            return seen
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def _unreachable_error(client, uri: str, exc: BaseException) -> LabError:
+    ep = _endpoint(client)
+    env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if env:
+        fix = (
+            f"AWS_ENDPOINT_URL_S3 is set to {env!r}: is that server running? For the local "
+            "test server run lab_utils.s3local.start_local_s3(); to use real AWS, unset AWS_ENDPOINT_URL_S3."
+        )
+    else:
+        fix = (
+            "Check your network connection. To use a local or S3-compatible server instead of AWS, "
+            "set AWS_ENDPOINT_URL_S3 to its URL (e.g. run lab_utils.s3local.start_local_s3())."
+        )
+    return LabError(
+        f"Could not reach the S3 endpoint {ep} for {uri} ({type(exc).__name__}, after retries).",
+        fix,
+    )
+
+
+def _bucket_exists(client, bucket: str) -> bool | None:
+    """True/False if we can tell whether the bucket exists, None if we cannot (e.g. no permission)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        return None
+
+
+def _no_bucket_error(client, bucket: str, uri: str) -> LabError:
+    return LabError(
+        f"The bucket s3://{bucket}/ (from {uri}) does not exist at {_endpoint(client)}.",
+        "Check the bucket name for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE point at the "
+        "account or server that holds it.",
+    )
+
+
+def _translate(
+    exc: BaseException, client, uri: str, *, local: Path | None = None
+) -> BaseException:
+    """Turn a boto3/OS error into a LabError with a fix, or return it unchanged if it is a bug."""
+    exc = _botocore_cause(exc)
+    if isinstance(exc, LabError):
+        return exc
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return LabError(
+            f"No (complete) AWS credentials were found to access {uri}.",
+            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE); for a public bucket "
+            "pass anonymous=True; for the local test server run lab_utils.s3local.start_local_s3().",
+        )
+    if isinstance(exc, _UNREACHABLE):
+        return _unreachable_error(client, uri, exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = local.parent if local is not None else Path(".")
+        return LabError(
+            f"The disk is full while writing {local or where} (from {uri}).",
+            f"Free some space in {where} (e.g. delete old checkpoints under data/) and run this cell again.",
+        )
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code"))
+        if code in _DENIED_CODES:
+            return LabError(
+                f"Access to {uri} was denied by {_endpoint(client)} ({code}).",
+                "Check that AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) are right and "
+                "allowed to use this bucket, and that the system clock is correct; for a public "
+                "bucket pass anonymous=True.",
+            )
+        if code == "NoSuchBucket":
+            return _no_bucket_error(client, parse_s3_uri(uri)[0], uri)
+        if code in _NOT_FOUND_CODES:
+            bucket = parse_s3_uri(uri)[0]
+            if (
+                _bucket_exists(client, bucket) is False
+            ):  # HEAD answers carry no error code
+                return _no_bucket_error(client, bucket, uri)
+            return LabError(
+                f"{uri} was not found at {_endpoint(client)}.",
+                "Check the key for typos (a folder URI must end with '/'), and that the upload step ran.",
+            )
+    return exc
+
+
+@contextmanager
+def _friendly_errors(client, uri: str, local: Path | None = None) -> Iterator[None]:
+    try:
+        yield
+    except LabError:
+        raise
+    except Exception as e:
+        new = _translate(e, client, uri, local=local)
+        if new is e:
+            raise
+        raise new from e
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity checks
+
+
+def _file_md5s(path: Path, part_size: int | None) -> str:
+    """MD5 hex of the file, or the S3 multipart ETag ("md5-of-md5s-N") for the given part size."""
+    whole, parts, n = hashlib.md5(), [], 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(part_size or 1024 * 1024)
+            if not block:
+                break
+            n += 1
+            if part_size:
+                parts.append(hashlib.md5(block).digest())
+            else:
+                whole.update(block)
+    if not part_size:
+        return whole.hexdigest()
+    if n == 0:
+        parts.append(hashlib.md5(b"").digest())
+        n = 1
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{n}"
+
+
+def _etag_matches(client, bucket: str, key: str, head: dict, path: Path) -> bool | None:
+    """Does the local file match the object's ETag? None when the ETag is not an MD5 we can recompute."""
+    etag = head.get("ETag", "").strip('"')
+    # With SSE-KMS / SSE-C the ETag is not an MD5 of the data: only the size can be checked.
+    if head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get(
+        "SSECustomerAlgorithm"
+    ):
+        return None
+    if "-" not in etag:
+        return _file_md5s(path, None) == etag if len(etag) == 32 else None
+    # Multipart: the ETag depends on the part size; asking for part 1 tells us that size.
+    try:
+        part_size = client.head_object(Bucket=bucket, Key=key, PartNumber=1)[
+            "ContentLength"
+        ]
+    except ClientError:
+        part_size = (
+            CHUNK_SIZE  # servers without PartNumber support: assume our own chunking
+        )
+    if not part_size:
+        return None
+    return _file_md5s(path, part_size) == etag
+
+
+def _up_to_date(client, bucket: str, key: str, head: dict, path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size != head["ContentLength"]:
+        return False
+    return _etag_matches(client, bucket, key, head, path) is not False
+
+
+# ---------------------------------------------------------------------------------------------
+# pull
+
+
+def _check_free_space(dest_dir: Path, needed: int, uri: str) -> None:
+    probe = dest_dir
+    while not probe.exists():  # the destination folder may not exist yet
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise LabError(
+            f"Not enough disk space for {uri}: it needs {format_size(needed)}, {probe} has "
+            f"{format_size(free)} free.",
+            "Free some space (e.g. delete old checkpoints under data/) or choose another local_path.",
+        )
+
+
+def _download_one(
+    client, bucket: str, key: str, head: dict, dest: Path, bar, uri: str
+) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    size = head["ContentLength"]
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # download_fileobj writes straight into our .part file (download_file would use its
+        # own random temp name that a killed kernel would leave behind under another name).
+        with _friendly_errors(client, uri, local=dest), open(tmp, "wb") as f:
+            client.download_fileobj(
+                bucket, key, f, Config=TRANSFER_CONFIG, Callback=bar.update
+            )
+        got = tmp.stat().st_size
+        if got != size:
+            raise LabError(
+                f"Download of {uri} is incomplete: got {got} of {size} bytes.",
+                "Run this cell again; if it keeps failing, check the network or the S3 endpoint.",
+            )
+        if _etag_matches(client, bucket, key, head, tmp) is False:
+            raise LabError(
+                f"Download of {uri} is corrupted: its MD5 does not match the ETag {head['ETag']}.",
+                "Run this cell again; if it keeps failing, upload the checkpoint again.",
+            )
+        os.replace(
+            tmp, dest
+        )  # atomic: `dest` is either the old file or the complete new one
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written checkpoint around
+        raise
+
+
+def pull_checkpoint(
+    s3_uri: str, local_path: str | os.PathLike, client=None, anonymous: bool = False
+) -> Path:
+    """Download one object, or every object under a prefix ending in "/", to `local_path`."""
+    bucket, key = parse_s3_uri(s3_uri)
+    client = client or s3_client(anonymous=anonymous)
+    local = Path(local_path)
+    is_folder = key == "" or key.endswith("/")
+
+    jobs: list[tuple[str, Path, dict]] = []  # (key, destination, head_object answer)
+    with _friendly_errors(client, s3_uri, local=local):
+        if is_folder:
+            keys = []
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=key
+            ):
+                keys += [
+                    o["Key"]
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")
+                ]
+            if not keys:
+                raise LabError(
+                    f"Nothing found under {s3_uri} at {_endpoint(client)}.",
+                    "Check the prefix for typos and that the upload step ran (push_checkpoint).",
+                )
+            for k in keys:
+                rel = Path(k[len(key) :])
+                if (
+                    rel.is_absolute() or ".." in rel.parts
+                ):  # a key must not write outside local_path
+                    raise LabError(
+                        f"Refusing to download s3://{bucket}/{k} outside {local}.",
+                        "Rename that key.",
+                    )
+                jobs.append((k, local / rel, client.head_object(Bucket=bucket, Key=k)))
+            result = local
+        else:
+            dest = local / Path(key).name if local.is_dir() else local
+            jobs.append((key, dest, client.head_object(Bucket=bucket, Key=key)))
+            result = dest
+
+    todo = []
+    for k, dest, head in jobs:
+        if _up_to_date(client, bucket, k, head, dest):
+            print(f"skipped (already up to date): {dest}")
+        else:
+            todo.append((k, dest, head))
+    if not todo:
+        return result
+
+    total = sum(h["ContentLength"] for _, _, h in todo)
+    _check_free_space(local if is_folder else result.parent, total, s3_uri)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {s3_uri}") as bar:
+        for k, dest, head in todo:
+            _download_one(client, bucket, k, head, dest, bar, f"s3://{bucket}/{k}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# push
+
+
+def _ensure_bucket(client, bucket: str, uri: str) -> None:
+    with _friendly_errors(client, uri):
+        exists = _bucket_exists(client, bucket)
+        if exists is not False:
+            return  # exists, or we may not HEAD it but still be allowed to write: let the upload tell
+        if not _is_local(client):
+            # Creating buckets on real AWS costs money and needs a globally unique name: never do it here.
+            raise _no_bucket_error(client, bucket, uri)
+        region = client.meta.region_name
+        if region and region != "us-east-1":
+            client.create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+            )
+        else:
+            client.create_bucket(Bucket=bucket)
+
+
+def _head_or_none(client, bucket: str, key: str) -> dict | None:
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if str(e.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES:
+            return None
+        raise
+
+
+def push_checkpoint(
+    local_path: str | os.PathLike, s3_uri: str, client=None
+) -> list[str]:
+    """Upload a file, or a folder recursively under the prefix; returns the keys uploaded."""
+    bucket, key = parse_s3_uri(s3_uri)
+    local = Path(local_path)
+    if not local.exists():
+        raise LabError(
+            f"{local} does not exist, so it cannot be uploaded to {s3_uri}.",
+            "Check the path (did the training / saving step finish?).",
+        )
+    client = client or s3_client()
+
+    if local.is_dir():
+        prefix = key if key == "" or key.endswith("/") else key + "/"
+        files = sorted(
+            f
+            for f in local.rglob("*")
+            if f.is_file()
+            and not f.name.endswith(".part")
+            and ".ipynb_checkpoints" not in f.parts
+        )
+        plan = [(f, prefix + f.relative_to(local).as_posix()) for f in files]
+    else:
+        plan = [(local, key + local.name if key == "" or key.endswith("/") else key)]
+
+    _ensure_bucket(client, bucket, s3_uri)
+
+    todo = []
+    for f, k in plan:
+        uri = f"s3://{bucket}/{k}"
+        with _friendly_errors(client, uri):
+            head = _head_or_none(client, bucket, k)
+            if head is not None and _up_to_date(client, bucket, k, head, f):
+                print(f"skipped (already uploaded): {uri}")
+                continue
+        todo.append((f, k))
+
+    uploaded = []
+    with tqdm(
+        total=sum(f.stat().st_size for f, _ in todo),
+        unit="B",
+        unit_scale=True,
+        desc=f"push {s3_uri}",
+        disable=not todo,
+    ) as bar:
+        for f, k in todo:
+            uri = f"s3://{bucket}/{k}"
+            with _friendly_errors(client, uri, local=f):
+                client.upload_file(
+                    str(f), bucket, k, Config=TRANSFER_CONFIG, Callback=bar.update
+                )
+                head = client.head_object(Bucket=bucket, Key=k)
+            # Verify what the server stored, not what we think we sent.
+            if (
+                head["ContentLength"] != f.stat().st_size
+                or _etag_matches(client, bucket, k, head, f) is False
+            ):
+                raise LabError(
+                    f"Upload of {f} to {uri} could not be verified (size or MD5 differ).",
+                    "Run this cell again; if it keeps failing, check the S3 endpoint and the local file.",
+                )
+            uploaded.append(k)
+    return uploaded

@@ -1,0 +1,140 @@
+"""DialogSum: loading (Hub or local CSVs), the instruction prompt, tokenization and subsampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+
+from .config import Settings
+from .errors import LabError
+
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("id", "dialogue", "summary", "topic")
+
+START_PROMPT = "Summarize the following conversation.\n\n"
+END_PROMPT = "\n\nSummary: "
+
+
+def build_prompt(dialogue: str) -> str:
+    """The course's instruction prompt around one dialogue."""
+    return START_PROMPT + dialogue + END_PROMPT
+
+
+def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
+    """Read one DialogSum CSV (Hub layout) and check it has the columns and no empty dialogue."""
+    import pandas as pd
+
+    try:
+        # keep_default_na=False: an empty cell stays "" (reported below) instead of becoming NaN
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`")
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise LabError(
+            f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})",
+            f"point `{setting}` at DialogSum CSVs with columns {', '.join(COLUMNS)}",
+        )
+    empty = frame.index[frame["dialogue"].str.strip() == ""].tolist()
+    if empty:
+        rows = ", ".join(str(i + 2) for i in empty[:5])  # +2: header line, 1-based lines
+        raise LabError(
+            f"{path} has {len(empty)} empty dialogue(s) (CSV line {rows}{', ...' if len(empty) > 5 else ''})",
+            f"fix or remove those rows, or point `{setting}` at a complete copy of DialogSum",
+        )
+    return Dataset.from_pandas(frame[list(COLUMNS)], preserve_index=False)
+
+
+def load_dialogsum_csv(data_dir: str | Path, setting: str = "LAB_DATA_DIR") -> DatasetDict:
+    """Load DialogSum from a folder with train.csv, validation.csv and test.csv."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise LabError(
+            f"`{setting}`={str(data_dir)!r} is not a folder",
+            f"point `{setting}` at a folder with {', '.join(s + '.csv' for s in SPLITS)} (DialogSum's Hub CSV layout)",
+        )
+    missing = [s for s in SPLITS if not (folder / f"{s}.csv").is_file()]
+    if missing:
+        raise LabError(
+            f"`{setting}`={str(data_dir)!r} has no {', '.join(s + '.csv' for s in missing)}",
+            f"point `{setting}` at a folder with train/validation/test CSVs",
+        )
+    return DatasetDict({s: read_split_csv(folder / f"{s}.csv", setting) for s in SPLITS})
+
+
+def load_dialogsum(settings: Settings) -> DatasetDict:
+    """DialogSum for this profile: local CSVs when `data_dir` is set, else the Hub dataset."""
+    if settings.data_dir:
+        return load_dialogsum_csv(settings.path(settings.data_dir))
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(settings.dataset)
+    except Exception as exc:  # the Hub raises many types: connection, not found, gated
+        raise LabError(
+            f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub: {exc}",
+            "check the internet connection, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
+        )
+
+
+def split_sizes(dataset: DatasetDict) -> dict[str, int]:
+    """Rows per split, e.g. {'train': 12460, 'validation': 500, 'test': 1500}."""
+    return {name: len(split) for name, split in dataset.items()}
+
+
+def tokenize_function(batch: dict, tokenizer, max_source_length: int, max_target_length: int) -> dict:
+    """Prompt + tokenize a batch of examples; no padding here (the collator pads each batch)."""
+    model_inputs = tokenizer(
+        [build_prompt(d) for d in batch["dialogue"]], truncation=True, max_length=max_source_length
+    )
+    labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_length)
+    model_inputs["labels"] = labels["input_ids"]
+    return model_inputs
+
+
+def tokenize_dataset(dataset: DatasetDict, tokenizer, settings: Settings) -> DatasetDict:
+    """Tokenize every split, keeping only `input_ids`, `attention_mask` and `labels`."""
+    columns = dataset[next(iter(dataset))].column_names
+    return dataset.map(
+        tokenize_function,
+        batched=True,
+        remove_columns=columns,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_source_length": settings.max_source_length,
+            "max_target_length": settings.max_target_length,
+        },
+        desc="Tokenizing",
+    )
+
+
+def subsample(dataset: DatasetDict, every: int = 100) -> DatasetDict:
+    """Keep every `every`-th example of each split, as the course did (125 / 5 / 15 rows)."""
+    return DatasetDict({name: split.select(range(0, len(split), every)) for name, split in dataset.items()})
+
+
+def make_collator(tokenizer, model=None):
+    """Pad each batch to its longest example; label padding is -100 so the loss ignores it."""
+    from transformers import DataCollatorForSeq2Seq
+
+    # -100 is the index CrossEntropyLoss ignores: padding must not count as "predict the pad token".
+    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding="longest")
+
+
+def unique_dialogues(split: Dataset) -> tuple[list[str], list[int]]:
+    """The distinct dialogues of a split in order of first appearance, and each row's index into them."""
+    index: dict[str, int] = {}
+    row_to_unique = []
+    for dialogue in split["dialogue"]:
+        if dialogue not in index:
+            index[dialogue] = len(index)
+        row_to_unique.append(index[dialogue])
+    return list(index), row_to_unique
+
+
+def first_dialogue_rows(split: Dataset, n_dialogues: int) -> Dataset:
+    """The rows (all references) of the first `n_dialogues` distinct dialogues of a split."""
+    _, row_to_unique = unique_dialogues(split)
+    keep = [i for i, u in enumerate(row_to_unique) if u < n_dialogues]
+    return split.select(keep)

@@ -1,0 +1,138 @@
+"""The instructor's run: train the full model and the LoRA adapter for longer than the notebook does,
+summarize the whole test set with the original, instruct and PEFT models, and publish everything to S3.
+
+Each stage writes to a temporary name and renames when complete, so a crash loses at most the stage in
+progress, and a re-run skips finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .config import Settings
+
+FULL_CHECKPOINT = "flan-dialogue-summary-checkpoint"
+PEFT_CHECKPOINT = "peft-dialogue-summary-checkpoint"
+RESULTS_FILE = "dialogue-summary-training-results.csv"
+
+
+def run_dir(settings: Settings) -> Path:
+    """Where the instructor's run for this profile is written."""
+    return settings.work_path / settings.profile / "instructor-run"
+
+
+def _train_and_save(model, tokenizer, train, out: Path, lr: float, steps: int, settings: Settings, what: str):
+    from .training import make_trainer
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Training the {what}: {steps} steps, learning rate {lr}, batch {settings.train_batch_size}")
+    t0 = time.time()
+    trainer = make_trainer(model, tokenizer, train, tmp / "trainer", learning_rate=lr, max_steps=steps,
+                           batch_size=settings.train_batch_size, seed=settings.seed, warmup_ratio=0.05,
+                           logging_steps=max(1, steps // 20))
+    trainer.train()
+    shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"Saved the {what} to {out} ({time.time() - t0:.0f} s)")
+
+
+def run_instructor(settings: Settings, upload: bool = True, progress: bool = True) -> Path:
+    """Train, evaluate on the full test set, and (optionally) publish; returns the run folder."""
+    import torch
+
+    from .checkpoints import push_checkpoint
+    from .data import load_dialogsum, tokenize_dataset
+    from .evaluation import RESULTS_COLUMNS, generation_kwargs, summarize, write_results_file
+    from .models import add_lora, fingerprint, load_model, load_original_model, load_peft_for_inference, lora_config
+
+    torch.manual_seed(settings.seed)
+    out = run_dir(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    original, tokenizer = load_original_model(settings, progress=progress)
+    meta_path = out / "run.json"
+    meta = {"profile": settings.profile, "model_id": settings.model_id, "original_fingerprint": fingerprint(original)}
+    if meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
+        # the original model changed (e.g. the offline stand-in was rebuilt): earlier stages no longer match it
+        print(f"The original model changed since the run in {out}; starting that run afresh.")
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+    meta_path.write_text(json.dumps(meta, indent=1))
+
+    dataset = load_dialogsum(settings)
+    full_dir, peft_dir, results = out / FULL_CHECKPOINT, out / PEFT_CHECKPOINT, out / RESULTS_FILE
+    if not (full_dir / "config.json").is_file() or not (peft_dir / "adapter_config.json").is_file():
+        train = tokenize_dataset(dataset, tokenizer, settings)["train"]
+        if not (full_dir / "config.json").is_file():
+            import copy
+
+            _train_and_save(copy.deepcopy(original), tokenizer, train, full_dir, settings.instructor_full_lr,
+                            settings.instructor_full_steps, settings, "full fine-tuned (instruct) model")
+        if not (peft_dir / "adapter_config.json").is_file():
+            peft_model = add_lora(original, lora_config(model=original))
+            _train_and_save(peft_model, tokenizer, train, peft_dir, settings.instructor_lora_lr,
+                            settings.instructor_lora_steps, settings, "LoRA adapter")
+    if not results.is_file():
+        test = dataset["test"]
+        gen = generation_kwargs(settings)
+        kw = dict(batch_size=settings.eval_batch_size, max_source_length=settings.max_source_length, progress=progress)
+        columns = {RESULTS_COLUMNS[0]: list(test["summary"])}
+        models = {
+            "original_model_summaries": lambda: original,
+            "instruct_model_summaries": lambda: load_model(full_dir),
+            "peft_model_summaries": lambda: load_peft_for_inference(settings, peft_dir),
+        }
+        for column, make in models.items():
+            columns[column] = summarize(make(), tokenizer, list(test["dialogue"]), gen,
+                                        desc=column.replace("_summaries", ""), **kw)
+        write_results_file(results, columns, extra={"id": list(test["id"])})
+        print(f"Wrote {results} ({len(test)} test rows)")
+    if upload:
+        for name in (FULL_CHECKPOINT, PEFT_CHECKPOINT):
+            push_checkpoint(out / name, settings.s3(name + "/"))
+        push_checkpoint(results, settings.s3(RESULTS_FILE))
+        print(f"Published the run to {settings.s3_uri}")
+    return out
+
+
+_LOCAL_S3 = None  # the offline profile's local S3 server, one per process
+
+
+def local_s3_for(settings: Settings):
+    """Offline profile: the local S3 server of this process (started on first use), unless one is configured."""
+    global _LOCAL_S3
+    import os
+
+    if not settings.offline or (_LOCAL_S3 is None and os.environ.get("AWS_ENDPOINT_URL_S3")):
+        return None
+    if _LOCAL_S3 is None:
+        from .s3local import start_local_s3
+
+        _LOCAL_S3 = start_local_s3()
+    return _LOCAL_S3
+
+
+def publish_run(settings: Settings, upload: bool = True, progress: bool = True) -> Path:
+    """The instructor command: run (or reuse) the instructor's run and publish it to the profile's S3 prefix."""
+    if upload:
+        local_s3_for(settings)
+    return run_instructor(settings, upload=upload, progress=progress)
+
+
+def ensure_published(settings: Settings, progress: bool = True) -> None:
+    """Before the notebook pulls: offline, make sure the instructor's run exists and is on the local S3 server.
+
+    In the course profile the instructor published long ago; there is nothing to do.
+    """
+    if not settings.offline:
+        return
+    print("Offline profile: the 'offline-trained' checkpoints come from `python -m lab_utils instructor`;")
+    print(f"reusing its run in {run_dir(settings)} if complete, else running it now (minutes on 2 CPUs).")
+    publish_run(settings, upload=True, progress=progress)

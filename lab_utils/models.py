@@ -1,0 +1,136 @@
+"""Loading models and tokenizers, parameter reports, and LoRA (without touching the original model)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import torch
+
+from .config import Settings
+from .errors import LabError
+
+
+def ensure_offline_model(settings: Settings, progress: bool = True) -> Path:
+    """Build the offline stand-in model (tokenizer + pretraining) unless a complete one exists."""
+    out = settings.path(settings.model_id)
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from .data import load_dialogsum
+    from .offline import build_offline_model
+
+    print(f"Building the offline stand-in model in {out} (first run only; a few minutes on 2 CPUs)...")
+    train = load_dialogsum(settings)["train"]
+    texts = list(train["dialogue"]) + list(train["summary"])
+    return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)
+
+
+def load_tokenizer(settings: Settings):
+    """The tokenizer of the original model (Hub id or local folder)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(settings.model_path_or_id)
+
+
+def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID"):
+    """A seq2seq model in float32 from the Hub or a folder, with a clear error when it cannot be found."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = Path(str(name_or_path))
+    if path.is_absolute() or str(name_or_path).startswith("."):
+        check_checkpoint_dir(path, setting)
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), torch_dtype=torch.float32)
+    except OSError as exc:
+        raise LabError(f"cannot load model {str(name_or_path)!r}: {exc}",
+                       f"check `{setting}` (a Hub id such as google/flan-t5-base, or a checkpoint folder)")
+
+
+def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:
+    """Fail with the missing file's name when a checkpoint folder is incomplete."""
+    if not path.is_dir():
+        raise LabError(f"checkpoint folder {path} does not exist", f"check `{setting}` or pull the checkpoint first")
+    if (path / "adapter_config.json").is_file():
+        needed = [("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")]
+    else:
+        needed = [("config.json",), ("model.safetensors", "pytorch_model.bin")]
+    for names in needed:
+        if not any((path / n).is_file() for n in names):
+            raise LabError(f"checkpoint folder {path} has no {' or '.join(names)}",
+                           "pull the checkpoint again (it is incomplete or corrupt)")
+
+
+def load_original_model(settings: Settings, progress: bool = True):
+    """The original model and its tokenizer for this profile (the offline stand-in is built on first use)."""
+    if settings.offline:
+        ensure_offline_model(settings, progress=progress)
+    return load_model(settings.model_path_or_id), load_tokenizer(settings)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, all) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def parameter_report(model) -> str:
+    """The course's three-line report: trainable, all, and percentage of trainable parameters."""
+    trainable, total = count_parameters(model)
+    return (
+        f"trainable model parameters: {trainable:,}\n"
+        f"all model parameters: {total:,}\n"
+        f"percentage of trainable model parameters: {100 * trainable / total:.2f}%"
+    )
+
+
+def fingerprint(model) -> str:
+    """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def lora_config(r: int = 32, lora_alpha: int = 32, target_modules=("q", "v"), lora_dropout: float = 0.05, model=None):
+    """The lab's LoRA configuration, checked: positive rank and alpha, dropout in [0, 1), existing modules."""
+    from peft import LoraConfig, TaskType
+
+    if not isinstance(r, int) or r <= 0:
+        raise LabError(f"LoRA rank r={r!r} must be a positive integer", "use e.g. r=32 (the lab's value)")
+    if lora_alpha <= 0:
+        raise LabError(f"LoRA lora_alpha={lora_alpha!r} must be positive", "use e.g. lora_alpha=32")
+    if not 0 <= lora_dropout < 1:
+        raise LabError(f"LoRA lora_dropout={lora_dropout!r} must be in [0, 1)", "use e.g. lora_dropout=0.05")
+    targets = list(target_modules)
+    if model is not None:
+        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        absent = [t for t in targets if t not in leaf_names]
+        if absent:
+            raise LabError(f"LoRA target module(s) {absent} are not in the model",
+                           "T5 attention projections are named q, k, v, o (the lab uses q and v)")
+    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, lora_dropout=lora_dropout, bias="none",
+                      task_type=TaskType.SEQ_2_SEQ_LM)
+
+
+def add_lora(model, config):
+    """Wrap a *copy* of `model` with LoRA adapters; `model` itself stays untouched.
+
+    `get_peft_model` injects adapters in place: wrapping the original model directly (as the course did) makes
+    every later "original model" result come from the LoRA-trained model.
+    """
+    from peft import get_peft_model
+
+    return get_peft_model(copy.deepcopy(model), config)
+
+
+def load_peft_for_inference(settings: Settings, adapter_dir: str | Path):
+    """A fresh original model with the adapter from `adapter_dir` loaded, frozen (`is_trainable=False`)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    check_checkpoint_dir(adapter_dir, "adapter folder")
+    base = load_model(settings.model_path_or_id)
+    return PeftModel.from_pretrained(base, str(adapter_dir), torch_dtype=torch.float32, is_trainable=False)

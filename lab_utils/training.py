@@ -1,0 +1,52 @@
+"""Fine-tuning with the Hugging Face `Trainer`: full fine-tuning and LoRA share one recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import make_collator
+
+
+def make_trainer(model, tokenizer, train_dataset, output_dir: str | Path, learning_rate: float, max_steps: int,
+                 batch_size: int = 8, seed: int = 42, eval_dataset=None, logging_steps: int = 1,
+                 warmup_ratio: float = 0.0, lr_scheduler: str = "linear", save_steps: int = 0):
+    """A `Seq2SeqTrainer` with the course's weight decay, dynamic padding and -100 label padding."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=learning_rate,
+        weight_decay=0.01,  # the course's value
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        warmup_ratio=warmup_ratio,
+        lr_scheduler_type=lr_scheduler,
+        logging_steps=logging_steps,
+        # group_by_length: batches of similar length pad less (the sampler stays seeded)
+        group_by_length=True,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=1,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    return Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=make_collator(tokenizer, model),
+        processing_class=tokenizer,
+    )
+
+
+def loss_history(trainer) -> list[tuple[int, float]]:
+    """(step, training loss) pairs from the trainer's log."""
+    return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]

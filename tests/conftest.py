@@ -1,0 +1,106 @@
+"""Shared fixtures: a local S3 server, a tiny DialogSum-shaped dataset, a tiny tokenizer and T5 model.
+
+Unit tests make their own small fixtures: they need neither ../shared nor a download.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lab_utils.s3local import LocalS3
+
+WORDS = (
+    "meeting office email report project budget manager client holiday ticket train station doctor appointment "
+    "dinner restaurant weekend party birthday present shop price discount order coffee tea book library exam "
+    "teacher student homework computer phone call message weather rain sunny park walk dog cat house rent "
+    "apartment kitchen garden car bus airport flight hotel room reservation morning evening tomorrow today"
+).split()
+
+
+def make_dialogue(rng: random.Random, turns: int = 4) -> tuple[str, str]:
+    """A synthetic dialogue in DialogSum's format and a summary that mentions its topic words."""
+    topic = rng.sample(WORDS, 3)
+    lines = []
+    for t in range(turns):
+        speaker = f"#Person{t % 2 + 1}#"
+        words = rng.sample(WORDS, 6) + topic[:2]
+        rng.shuffle(words)
+        lines.append(f"{speaker}: " + " ".join(words).capitalize() + ".")
+    summary = f"#Person1# and #Person2# talk about the {topic[0]} and the {topic[1]}."
+    return "\n".join(lines), summary
+
+
+def write_dialogsum(folder, n_train: int = 60, n_val: int = 6, n_test_dialogues: int = 6, seed: int = 0):
+    """Write train/validation/test CSVs in the Hub layout; test repeats each dialogue with 3 references."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(prefix, n):
+        out = []
+        for i in range(n):
+            d, s = make_dialogue(rng)
+            out.append({"id": f"{prefix}_{i}", "dialogue": d, "summary": s, "topic": "chat"})
+        return out
+
+    pd.DataFrame(rows("train", n_train)).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame(rows("dev", n_val)).to_csv(folder / "validation.csv", index=False)
+    test = []
+    for i in range(n_test_dialogues):
+        d, s = make_dialogue(rng)
+        for j in range(1, 4):
+            test.append({"id": f"test_{i}_{j}", "dialogue": d, "summary": f"{s} (reference {j})", "topic": "chat"})
+    pd.DataFrame(test).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A tiny DialogSum-shaped folder of CSVs."""
+    return write_dialogsum(tmp_path_factory.mktemp("dialogsum"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_dir, tmp_path_factory):
+    """A SentencePiece T5 tokenizer trained on the tiny dataset."""
+    from lab_utils.data import load_dialogsum_csv
+    from lab_utils.offline import train_tokenizer
+
+    train = load_dialogsum_csv(data_dir)["train"]
+    return train_tokenizer(list(train["dialogue"]) + list(train["summary"]), tmp_path_factory.mktemp("tok"),
+                           vocab_size=300)
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A fresh tiny random T5 v1.1 (untied lm_head) for the tiny tokenizer."""
+    from lab_utils.offline import build_tiny_t5
+
+    return build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                         num_heads=4)
+
+
+@pytest.fixture(scope="session")
+def local_s3():
+    """One in-process moto server for the whole session; the environment is restored afterwards."""
+    with LocalS3() as server, pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env().items():
+            mp.setenv(name, value)
+        # Isolate from the user's own AWS setup and never ask the EC2 metadata service.
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_MAX_ATTEMPTS",
+            "AWS_RETRY_MODE",
+        ):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield server
+
+

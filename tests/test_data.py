@@ -1,0 +1,106 @@
+"""Prompt, loading and validation of the CSVs, tokenization with -100 label padding, subsampling."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from lab_utils.config import load_settings
+from lab_utils.data import (build_prompt, first_dialogue_rows, load_dialogsum_csv, make_collator, split_sizes,
+                            subsample, tokenize_dataset, unique_dialogues)
+from lab_utils.errors import LabError
+
+
+def test_prompt_is_the_course_instruction():
+    assert build_prompt("#Person1#: Hi.") == "Summarize the following conversation.\n\n#Person1#: Hi.\n\nSummary: "
+
+
+def test_load_csv_folder(data_dir):
+    ds = load_dialogsum_csv(data_dir)
+    assert split_sizes(ds) == {"train": 60, "validation": 6, "test": 18}
+    assert ds["train"].column_names == ["id", "dialogue", "summary", "topic"]
+    assert "\n#Person2#:" in ds["train"][0]["dialogue"]  # turns stay on their own lines
+
+
+def test_missing_folder_names_the_setting(tmp_path):
+    with pytest.raises(LabError, match="LAB_DATA_DIR.*is not a folder"):
+        load_dialogsum_csv(tmp_path / "nope")
+
+
+def test_missing_split_is_named(data_dir, tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.csv").write_bytes((data_dir / f"{split}.csv").read_bytes())
+    with pytest.raises(LabError, match="has no test.csv"):
+        load_dialogsum_csv(tmp_path)
+
+
+def test_missing_column_is_named(data_dir, tmp_path):
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(data_dir / f"{split}.csv")
+        if split == "validation":
+            frame = frame.drop(columns=["summary"])
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
+    with pytest.raises(LabError, match=r"validation.csv lacks column\(s\) summary"):
+        load_dialogsum_csv(tmp_path)
+
+
+def test_empty_dialogue_is_reported_with_its_line(data_dir, tmp_path):
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(data_dir / f"{split}.csv")
+        if split == "train":
+            frame.loc[2, "dialogue"] = "   "
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
+    with pytest.raises(LabError, match=r"1 empty dialogue\(s\) \(CSV line 4\)"):
+        load_dialogsum_csv(tmp_path)
+
+
+def test_tokenize_keeps_model_columns_and_truncates(data_dir, tokenizer):
+    settings = load_settings("offline", max_source_length=40, max_target_length=7)
+    tok = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, settings)
+    assert tok["train"].column_names == ["input_ids", "attention_mask", "labels"]
+    ex = tok["train"][0]
+    assert len(ex["input_ids"]) <= 40 and len(ex["labels"]) <= 7
+    assert ex["input_ids"][-1] == tokenizer.eos_token_id  # truncation keeps the end-of-sequence token
+    expected = tokenizer(build_prompt(load_dialogsum_csv(data_dir)["train"][0]["dialogue"]))["input_ids"][:39]
+    assert ex["input_ids"][:39] == expected
+
+
+def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, tokenizer, tiny_model):
+    settings = load_settings("offline")
+    tok = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, settings)["train"]
+    long = tok[0]
+    short = dict(tok[1], labels=tok[1]["labels"][:4] + [tokenizer.eos_token_id])
+    assert len(short["labels"]) < len(long["labels"])
+    collator = make_collator(tokenizer, tiny_model)
+    batch = collator([short, long])
+    n_pad = len(long["labels"]) - len(short["labels"])
+    assert batch["labels"][0, -n_pad:].tolist() == [-100] * n_pad
+    assert (batch["labels"][1] != -100).all()
+    assert (batch["labels"] != tokenizer.pad_token_id).all()  # 0 (pad) never appears as a target
+    tiny_model.eval()
+    with torch.no_grad():
+        alone = collator([short])
+        loss_alone = tiny_model(**alone).loss
+        # the short example's loss, computed inside the padded batch, ignores the padded positions
+        logits = tiny_model(**batch).logits[0]
+        loss_in_batch = torch.nn.functional.cross_entropy(logits, batch["labels"][0], ignore_index=-100)
+    assert torch.allclose(loss_alone, loss_in_batch, atol=1e-5)
+
+
+def test_subsample_every_100th_like_the_course():
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict({n: Dataset.from_dict({"x": list(range(k))}) for n, k in
+                      {"train": 12460, "validation": 500, "test": 1500}.items()})
+    small = subsample(ds, every=100)
+    assert split_sizes(small) == {"train": 125, "validation": 5, "test": 15}
+    assert small["train"]["x"][:3] == [0, 100, 200]
+
+
+def test_unique_dialogues_and_first_rows(data_dir):
+    test = load_dialogsum_csv(data_dir)["test"]
+    distinct, row_to_unique = unique_dialogues(test)
+    assert len(distinct) == 6 and row_to_unique[:6] == [0, 0, 0, 1, 1, 1]
+    rows = first_dialogue_rows(test, 2)
+    assert len(rows) == 6 and len(set(rows["dialogue"])) == 2

@@ -1,0 +1,130 @@
+"""Parameter figures of the flan-t5-base architecture, LoRA that leaves the original model alone, the stand-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lab_utils.errors import LabError
+from lab_utils.models import add_lora, count_parameters, fingerprint, lora_config, parameter_report
+from lab_utils.offline import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, span_corrupt
+
+
+@pytest.fixture(scope="module")
+def flan_t5_base_shape():
+    """flan-t5-base's architecture from its public config values, on the meta device (no weights, no download)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    with torch.device("meta"):
+        return T5ForConditionalGeneration(T5Config(**FLAN_T5_BASE_CONFIG))
+
+
+def test_flan_t5_base_parameter_count(flan_t5_base_shape):
+    assert count_parameters(flan_t5_base_shape) == (247_577_856, 247_577_856)
+    assert "percentage of trainable model parameters: 100.00%" in parameter_report(flan_t5_base_shape)
+    # T5 v1.1: the lm_head is its own matrix, not the shared embedding
+    assert flan_t5_base_shape.lm_head.weight is not flan_t5_base_shape.shared.weight
+
+
+def test_lora_figures_of_the_course(flan_t5_base_shape):
+    peft_model = add_lora(flan_t5_base_shape, lora_config(model=flan_t5_base_shape))
+    assert count_parameters(peft_model) == (3_538_944, 251_116_800)
+    assert "percentage of trainable model parameters: 1.41%" in parameter_report(peft_model)
+    assert count_parameters(flan_t5_base_shape) == (247_577_856, 247_577_856)  # original not wrapped
+    assert not any("lora" in name for name, _ in flan_t5_base_shape.named_modules())
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_dir, tmp_path):
+    import copy
+
+    from lab_utils.config import load_settings
+    from lab_utils.data import load_dialogsum_csv, tokenize_dataset
+    from lab_utils.training import loss_history, make_trainer
+
+    before = fingerprint(tiny_model)
+    train = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, load_settings("offline"))["train"]
+    model = copy.deepcopy(tiny_model) if kind == "full" else add_lora(tiny_model, lora_config(r=4, model=tiny_model))
+    trainer = make_trainer(model, tokenizer, train, tmp_path, learning_rate=1e-2, max_steps=3, batch_size=4)
+    trainer.train()
+    assert len(loss_history(trainer)) == 3
+    assert fingerprint(model) != before  # training did change the trained model...
+    assert fingerprint(tiny_model) == before  # ...and not the original
+    assert not any("lora" in name for name, _ in tiny_model.named_modules())
+
+
+def test_adapter_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
+    from peft import PeftModel
+
+    peft_model = add_lora(tiny_model, lora_config(r=4, model=tiny_model))
+    with torch.no_grad():  # make the adapter do something, so loading it is observable
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    fresh = build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                          num_heads=4)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=False)
+    assert count_parameters(loaded)[0] == 0
+    ids = tokenizer(["#Person1#: hello"], return_tensors="pt").input_ids
+    peft_model.eval()
+    with torch.no_grad():
+        a = peft_model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
+        b = loaded(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"r": 0}, "rank r=0 must be a positive integer"),
+        ({"lora_alpha": -1}, "lora_alpha=-1 must be positive"),
+        ({"lora_dropout": 1.0}, r"lora_dropout=1.0 must be in \[0, 1\)"),
+        ({"target_modules": ["q", "query"]}, r"target module\(s\) \['query'\] are not in the model"),
+    ],
+)
+def test_bad_lora_settings_are_explained(kwargs, message, tiny_model):
+    with pytest.raises(LabError, match=message):
+        lora_config(model=tiny_model, **kwargs)
+
+
+def test_offline_stand_in_is_t5_v1_1_with_untied_head():
+    model = build_tiny_t5(4100)
+    assert model.config.feed_forward_proj == "gated-gelu" and not model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    assert model.config.d_model == TINY_CONFIG["d_model"]
+    # the re-initialised head gives a first loss near a uniform guess (ln 4100 = 8.3), not far above it
+    ids = torch.randint(3, 4000, (4, 20))
+    loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 10
+
+
+def test_saved_offline_model_stays_untied(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = build_tiny_t5(500)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert not loaded.config.tie_word_embeddings
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert not torch.equal(loaded.lm_head.weight, loaded.shared.weight)
+
+
+def test_span_corruption_round_trips():
+    import random
+
+    ids = list(range(10, 60))
+    sentinels = list(range(1000, 900, -1))
+    source, target = span_corrupt(ids, sentinels, eos_id=1, rng=random.Random(0))
+    assert source[-1] == 1 and target[-1] == 1
+    # filling every sentinel in the source with its span from the target gives back the text
+    spans, current = {}, None
+    for t in target[:-1]:
+        if t in sentinels:
+            current = t
+            spans[t] = []
+        else:
+            spans[current].append(t)
+    rebuilt = [x for t in source[:-1] for x in (spans[t] if t in sentinels else [t])]
+    assert rebuilt == ids
+    assert 0 < sum(len(v) for v in spans.values()) < len(ids) // 2
