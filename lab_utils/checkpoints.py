@@ -37,9 +37,7 @@ from .errors import LabError
 # multipart ETag (it is MD5 of the part MD5s, so it depends on the part size).
 CHUNK_SIZE = 8 * 1024 * 1024
 # Few threads: the lab machines have 2 CPU cores shared with the notebook kernel.
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=CHUNK_SIZE, multipart_chunksize=CHUNK_SIZE, max_concurrency=4
-)
+TRANSFER_CONFIG = TransferConfig(multipart_threshold=CHUNK_SIZE, multipart_chunksize=CHUNK_SIZE, max_concurrency=4)
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _DENIED_CODES = {
@@ -93,9 +91,7 @@ def size_on_disk(path: str | os.PathLike) -> int:
     if p.is_file():
         return p.stat().st_size
     if not p.exists():
-        raise LabError(
-            f"{p} does not exist.", "Check the path (did the previous step finish?)."
-        )
+        raise LabError(f"{p} does not exist.", "Check the path (did the previous step finish?).")
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
@@ -199,9 +195,7 @@ def _no_bucket_error(client, bucket: str, uri: str) -> LabError:
     )
 
 
-def _translate(
-    exc: BaseException, client, uri: str, *, local: Path | None = None
-) -> BaseException:
+def _translate(exc: BaseException, client, uri: str, *, local: Path | None = None) -> BaseException:
     """Turn a boto3/OS error into a LabError with a fix, or return it unchanged if it is a bug."""
     exc = _botocore_cause(exc)
     if isinstance(exc, LabError):
@@ -234,9 +228,7 @@ def _translate(
             return _no_bucket_error(client, parse_s3_uri(uri)[0], uri)
         if code in _NOT_FOUND_CODES:
             bucket = parse_s3_uri(uri)[0]
-            if (
-                _bucket_exists(client, bucket) is False
-            ):  # HEAD answers carry no error code
+            if _bucket_exists(client, bucket) is False:  # HEAD answers carry no error code
                 return _no_bucket_error(client, bucket, uri)
             return LabError(
                 f"{uri} was not found at {_endpoint(client)}.",
@@ -287,21 +279,15 @@ def _etag_matches(client, bucket: str, key: str, head: dict, path: Path) -> bool
     """Does the local file match the object's ETag? None when the ETag is not an MD5 we can recompute."""
     etag = head.get("ETag", "").strip('"')
     # With SSE-KMS / SSE-C the ETag is not an MD5 of the data: only the size can be checked.
-    if head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get(
-        "SSECustomerAlgorithm"
-    ):
+    if head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get("SSECustomerAlgorithm"):
         return None
     if "-" not in etag:
         return _file_md5s(path, None) == etag if len(etag) == 32 else None
     # Multipart: the ETag depends on the part size; asking for part 1 tells us that size.
     try:
-        part_size = client.head_object(Bucket=bucket, Key=key, PartNumber=1)[
-            "ContentLength"
-        ]
+        part_size = client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
     except ClientError:
-        part_size = (
-            CHUNK_SIZE  # servers without PartNumber support: assume our own chunking
-        )
+        part_size = CHUNK_SIZE  # servers without PartNumber support: assume our own chunking
     if not part_size:
         return None
     return _file_md5s(path, part_size) == etag
@@ -324,15 +310,12 @@ def _check_free_space(dest_dir: Path, needed: int, uri: str) -> None:
     free = shutil.disk_usage(probe).free
     if needed > free:
         raise LabError(
-            f"Not enough disk space for {uri}: it needs {format_size(needed)}, {probe} has "
-            f"{format_size(free)} free.",
+            f"Not enough disk space for {uri}: it needs {format_size(needed)}, {probe} has {format_size(free)} free.",
             "Free some space (e.g. delete old checkpoints under data/) or choose another local_path.",
         )
 
 
-def _download_one(
-    client, bucket: str, key: str, head: dict, dest: Path, bar, uri: str
-) -> None:
+def _download_one(client, bucket: str, key: str, head: dict, dest: Path, bar, uri: str) -> None:
     tmp = dest.with_name(dest.name + ".part")
     size = head["ContentLength"]
     try:
@@ -340,9 +323,7 @@ def _download_one(
         # download_fileobj writes straight into our .part file (download_file would use its
         # own random temp name that a killed kernel would leave behind under another name).
         with _friendly_errors(client, uri, local=dest), open(tmp, "wb") as f:
-            client.download_fileobj(
-                bucket, key, f, Config=TRANSFER_CONFIG, Callback=bar.update
-            )
+            client.download_fileobj(bucket, key, f, Config=TRANSFER_CONFIG, Callback=bar.update)
         got = tmp.stat().st_size
         if got != size:
             raise LabError(
@@ -354,17 +335,13 @@ def _download_one(
                 f"Download of {uri} is corrupted: its MD5 does not match the ETag {head['ETag']}.",
                 "Run this cell again; if it keeps failing, upload the checkpoint again.",
             )
-        os.replace(
-            tmp, dest
-        )  # atomic: `dest` is either the old file or the complete new one
+        os.replace(tmp, dest)  # atomic: `dest` is either the old file or the complete new one
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave a half-written checkpoint around
         raise
 
 
-def pull_checkpoint(
-    s3_uri: str, local_path: str | os.PathLike, client=None, anonymous: bool = False
-) -> Path:
+def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, anonymous: bool = False) -> Path:
     """Download one object, or every object under a prefix ending in "/", to `local_path`."""
     bucket, key = parse_s3_uri(s3_uri)
     client = client or s3_client(anonymous=anonymous)
@@ -375,14 +352,8 @@ def pull_checkpoint(
     with _friendly_errors(client, s3_uri, local=local):
         if is_folder:
             keys = []
-            for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=key
-            ):
-                keys += [
-                    o["Key"]
-                    for o in page.get("Contents", [])
-                    if not o["Key"].endswith("/")
-                ]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
             if not keys:
                 raise LabError(
                     f"Nothing found under {s3_uri} at {_endpoint(client)}.",
@@ -390,9 +361,7 @@ def pull_checkpoint(
                 )
             for k in keys:
                 rel = Path(k[len(key) :])
-                if (
-                    rel.is_absolute() or ".." in rel.parts
-                ):  # a key must not write outside local_path
+                if rel.is_absolute() or ".." in rel.parts:  # a key must not write outside local_path
                     raise LabError(
                         f"Refusing to download s3://{bucket}/{k} outside {local}.",
                         "Rename that key.",
@@ -435,9 +404,7 @@ def _ensure_bucket(client, bucket: str, uri: str) -> None:
             raise _no_bucket_error(client, bucket, uri)
         region = client.meta.region_name
         if region and region != "us-east-1":
-            client.create_bucket(
-                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
-            )
+            client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
         else:
             client.create_bucket(Bucket=bucket)
 
@@ -451,9 +418,7 @@ def _head_or_none(client, bucket: str, key: str) -> dict | None:
         raise
 
 
-def push_checkpoint(
-    local_path: str | os.PathLike, s3_uri: str, client=None
-) -> list[str]:
+def push_checkpoint(local_path: str | os.PathLike, s3_uri: str, client=None) -> list[str]:
     """Upload a file, or a folder recursively under the prefix; returns the keys uploaded."""
     bucket, key = parse_s3_uri(s3_uri)
     local = Path(local_path)
@@ -469,9 +434,7 @@ def push_checkpoint(
         files = sorted(
             f
             for f in local.rglob("*")
-            if f.is_file()
-            and not f.name.endswith(".part")
-            and ".ipynb_checkpoints" not in f.parts
+            if f.is_file() and not f.name.endswith(".part") and ".ipynb_checkpoints" not in f.parts
         )
         plan = [(f, prefix + f.relative_to(local).as_posix()) for f in files]
     else:
@@ -500,15 +463,10 @@ def push_checkpoint(
         for f, k in todo:
             uri = f"s3://{bucket}/{k}"
             with _friendly_errors(client, uri, local=f):
-                client.upload_file(
-                    str(f), bucket, k, Config=TRANSFER_CONFIG, Callback=bar.update
-                )
+                client.upload_file(str(f), bucket, k, Config=TRANSFER_CONFIG, Callback=bar.update)
                 head = client.head_object(Bucket=bucket, Key=k)
             # Verify what the server stored, not what we think we sent.
-            if (
-                head["ContentLength"] != f.stat().st_size
-                or _etag_matches(client, bucket, k, head, f) is False
-            ):
+            if head["ContentLength"] != f.stat().st_size or _etag_matches(client, bucket, k, head, f) is False:
                 raise LabError(
                     f"Upload of {f} to {uri} could not be verified (size or MD5 differ).",
                     "Run this cell again; if it keeps failing, check the S3 endpoint and the local file.",

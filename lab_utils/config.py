@@ -177,7 +177,7 @@ def _convert(name: str, raw: str, default: object) -> object:
             return float(raw)
     except ValueError:
         kind = type(default).__name__
-        raise LabError(f"`{env}`={raw!r} is not a valid {kind}", f"set `{env}` to a {kind}, e.g. {default!r}")
+        raise LabError(f"`{env}`={raw!r} is not a valid {kind}", f"set `{env}` to a {kind}, e.g. {default!r}") from None
     return raw
 
 
@@ -232,12 +232,16 @@ def hardware_summary() -> str:
     except (ValueError, OSError, AttributeError):
         mem_gb = float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node() or socket.gethostname()}: {cpus} CPUs, {mem_gb:.0f} GB RAM, {gpu}, torch {torch.__version__}"
+    return (
+        f"{platform.node() or socket.gethostname()}: {cpus} CPUs, {mem_gb:.0f} GB RAM, {gpu}, torch {torch.__version__}"
+    )
 
 
 def on_sagemaker() -> bool:
     """True inside a SageMaker Studio/notebook instance."""
-    return bool(os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists())
+    return bool(
+        os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists()
+    )
 
 
 def show_banner(settings: Settings) -> None:

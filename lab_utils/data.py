@@ -29,7 +29,7 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
         # keep_default_na=False: an empty cell stays "" (reported below) instead of becoming NaN
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
-        raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`")
+        raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LabError(
@@ -75,7 +75,7 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
         raise LabError(
             f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub: {exc}",
             "check the internet connection, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
-        )
+        ) from None
 
 
 def split_sizes(dataset: DatasetDict) -> dict[str, int]:

@@ -38,8 +38,16 @@ def _check_dialogues(dialogues) -> list[str]:
     return dialogues
 
 
-def summarize(model, tokenizer, dialogues, gen_kwargs: dict, batch_size: int = 8, max_source_length: int = 512,
-              progress: bool = True, desc: str = "Summarizing") -> list[str]:
+def summarize(
+    model,
+    tokenizer,
+    dialogues,
+    gen_kwargs: dict,
+    batch_size: int = 8,
+    max_source_length: int = 512,
+    progress: bool = True,
+    desc: str = "Summarizing",
+) -> list[str]:
     """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches."""
     from tqdm.auto import tqdm
 
@@ -64,9 +72,14 @@ def summarize(model, tokenizer, dialogues, gen_kwargs: dict, batch_size: int = 8
     model.eval()
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_source_length).to(device)
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_source_length,
+            ).to(device)
             out = model.generate(**enc, **gen_kwargs)
             for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
                 summaries[i] = text.strip()
@@ -78,8 +91,9 @@ def summarize(model, tokenizer, dialogues, gen_kwargs: dict, batch_size: int = 8
 class OfflineRouge:
     """`evaluate`'s rouge computed locally with `rouge_score` (the same package `evaluate` wraps)."""
 
-    def compute(self, predictions, references, use_stemmer: bool = True, use_aggregator: bool = False,
-                rouge_types=ROUGE_KEYS):
+    def compute(
+        self, predictions, references, use_stemmer: bool = True, use_aggregator: bool = False, rouge_types=ROUGE_KEYS
+    ):
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
@@ -107,14 +121,20 @@ def compute_rouge(predictions, references, rouge=None) -> dict[str, float]:
     """Mean ROUGE F-measure per metric (stemming on), as the course reported it."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
-        raise LabError(f"{len(predictions)} predictions but {len(references)} references",
-                       "pass one prediction per reference")
+        raise LabError(
+            f"{len(predictions)} predictions but {len(references)} references", "pass one prediction per reference"
+        )
     if not predictions:
         raise LabError("no predictions to score", "pass at least one prediction")
     rouge = rouge or OfflineRouge()
     # use_aggregator=False + our mean: evaluate's aggregator bootstraps, which is not exactly the mean
-    per_row = rouge.compute(predictions=predictions, references=references, use_stemmer=True,
-                            use_aggregator=False, rouge_types=list(ROUGE_KEYS))
+    per_row = rouge.compute(
+        predictions=predictions,
+        references=references,
+        use_stemmer=True,
+        use_aggregator=False,
+        rouge_types=list(ROUGE_KEYS),
+    )
     return {k: float(sum(per_row[k]) / len(per_row[k])) for k in ROUGE_KEYS}
 
 
@@ -147,13 +167,17 @@ def read_results_file(path: str | Path, columns=RESULTS_COLUMNS):
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise LabError(f"results file {path} lacks column(s) {', '.join(missing)}",
-                       f"a results file needs the columns {', '.join(columns)}")
+        raise LabError(
+            f"results file {path} lacks column(s) {', '.join(missing)}",
+            f"a results file needs the columns {', '.join(columns)}",
+        )
     for c in columns:
         if (frame[c].str.len() == 0).any():
             n = int((frame[c].str.len() == 0).sum())
-            raise LabError(f"results file {path}: column {c} has {n} empty cell(s)",
-                           "columns must all have one summary per row; regenerate the file")
+            raise LabError(
+                f"results file {path}: column {c} has {n} empty cell(s)",
+                "columns must all have one summary per row; regenerate the file",
+            )
     return frame
 
 

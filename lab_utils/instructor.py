@@ -31,9 +31,18 @@ def _train_and_save(model, tokenizer, train, out: Path, lr: float, steps: int, s
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"Training the {what}: {steps} steps, learning rate {lr}, batch {settings.train_batch_size}")
     t0 = time.time()
-    trainer = make_trainer(model, tokenizer, train, tmp / "trainer", learning_rate=lr, max_steps=steps,
-                           batch_size=settings.train_batch_size, seed=settings.seed, warmup_ratio=0.05,
-                           logging_steps=max(1, steps // 20))
+    trainer = make_trainer(
+        model,
+        tokenizer,
+        train,
+        tmp / "trainer",
+        learning_rate=lr,
+        max_steps=steps,
+        batch_size=settings.train_batch_size,
+        seed=settings.seed,
+        warmup_ratio=0.05,
+        logging_steps=max(1, steps // 20),
+    )
     trainer.train()
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     model.save_pretrained(tmp)
@@ -73,12 +82,28 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
         if not (full_dir / "config.json").is_file():
             import copy
 
-            _train_and_save(copy.deepcopy(original), tokenizer, train, full_dir, settings.instructor_full_lr,
-                            settings.instructor_full_steps, settings, "full fine-tuned (instruct) model")
+            _train_and_save(
+                copy.deepcopy(original),
+                tokenizer,
+                train,
+                full_dir,
+                settings.instructor_full_lr,
+                settings.instructor_full_steps,
+                settings,
+                "full fine-tuned (instruct) model",
+            )
         if not (peft_dir / "adapter_config.json").is_file():
             peft_model = add_lora(original, lora_config(model=original))
-            _train_and_save(peft_model, tokenizer, train, peft_dir, settings.instructor_lora_lr,
-                            settings.instructor_lora_steps, settings, "LoRA adapter")
+            _train_and_save(
+                peft_model,
+                tokenizer,
+                train,
+                peft_dir,
+                settings.instructor_lora_lr,
+                settings.instructor_lora_steps,
+                settings,
+                "LoRA adapter",
+            )
     if not results.is_file():
         test = dataset["test"]
         gen = generation_kwargs(settings)
@@ -90,8 +115,9 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
             "peft_model_summaries": lambda: load_peft_for_inference(settings, peft_dir),
         }
         for column, make in models.items():
-            columns[column] = summarize(make(), tokenizer, list(test["dialogue"]), gen,
-                                        desc=column.replace("_summaries", ""), **kw)
+            columns[column] = summarize(
+                make(), tokenizer, list(test["dialogue"]), gen, desc=column.replace("_summaries", ""), **kw
+            )
         write_results_file(results, columns, extra={"id": list(test["id"])})
         print(f"Wrote {results} ({len(test)} test rows)")
     if upload:

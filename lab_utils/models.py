@@ -43,8 +43,10 @@ def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID"):
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), torch_dtype=torch.float32)
     except OSError as exc:
-        raise LabError(f"cannot load model {str(name_or_path)!r}: {exc}",
-                       f"check `{setting}` (a Hub id such as google/flan-t5-base, or a checkpoint folder)")
+        raise LabError(
+            f"cannot load model {str(name_or_path)!r}: {exc}",
+            f"check `{setting}` (a Hub id such as google/flan-t5-base, or a checkpoint folder)",
+        ) from None
 
 
 def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:
@@ -57,8 +59,10 @@ def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:
         needed = [("config.json",), ("model.safetensors", "pytorch_model.bin")]
     for names in needed:
         if not any((path / n).is_file() for n in names):
-            raise LabError(f"checkpoint folder {path} has no {' or '.join(names)}",
-                           "pull the checkpoint again (it is incomplete or corrupt)")
+            raise LabError(
+                f"checkpoint folder {path} has no {' or '.join(names)}",
+                "pull the checkpoint again (it is incomplete or corrupt)",
+            )
 
 
 def load_original_model(settings: Settings, progress: bool = True):
@@ -109,10 +113,18 @@ def lora_config(r: int = 32, lora_alpha: int = 32, target_modules=("q", "v"), lo
         leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         absent = [t for t in targets if t not in leaf_names]
         if absent:
-            raise LabError(f"LoRA target module(s) {absent} are not in the model",
-                           "T5 attention projections are named q, k, v, o (the lab uses q and v)")
-    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, lora_dropout=lora_dropout, bias="none",
-                      task_type=TaskType.SEQ_2_SEQ_LM)
+            raise LabError(
+                f"LoRA target module(s) {absent} are not in the model",
+                "T5 attention projections are named q, k, v, o (the lab uses q and v)",
+            )
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        target_modules=targets,
+        lora_dropout=lora_dropout,
+        bias="none",
+        task_type=TaskType.SEQ_2_SEQ_LM,
+    )
 
 
 def add_lora(model, config):

@@ -41,7 +41,6 @@ FLAN_T5_BASE_CONFIG = dict(
 # The offline stand-in: sized so that CI (2 cores) trains it in minutes (see shared/notes/offline-stand-in.md).
 TINY_CONFIG = dict(FLAN_T5_BASE_CONFIG, d_model=128, d_kv=32, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4)
 TINY_VOCAB = 4000  # SentencePiece pieces, before T5's 100 sentinel tokens
-SPEAKERS = [f"#Person{i}#" for i in range(1, 10)]
 
 
 def train_tokenizer(texts, out_dir: str | Path, vocab_size: int = TINY_VOCAB, seed: int = 42):
@@ -63,7 +62,6 @@ def train_tokenizer(texts, out_dir: str | Path, vocab_size: int = TINY_VOCAB, se
             eos_id=1,
             unk_id=2,
             bos_id=-1,
-            user_defined_symbols=SPEAKERS,  # keep "#Person1#" one token, as the summaries refer to it
             character_coverage=1.0,
             hard_vocab_limit=False,  # small corpora (tests) get a smaller vocabulary instead of an error
             num_threads=2,
@@ -89,8 +87,14 @@ def build_tiny_t5(vocab_size: int, seed: int = 42, **overrides):
     return model
 
 
-def span_corrupt(ids: list[int], sentinel_ids: list[int], eos_id: int, rng: random.Random,
-                 noise_density: float = 0.15, mean_span: float = 3.0) -> tuple[list[int], list[int]]:
+def span_corrupt(
+    ids: list[int],
+    sentinel_ids: list[int],
+    eos_id: int,
+    rng: random.Random,
+    noise_density: float = 0.15,
+    mean_span: float = 3.0,
+) -> tuple[list[int], list[int]]:
     """T5's span corruption: replace random spans by sentinels; the target lists the spans after their sentinels."""
     n = len(ids)
     n_noise = max(1, round(n * noise_density))
@@ -102,15 +106,24 @@ def span_corrupt(ids: list[int], sentinel_ids: list[int], eos_id: int, rng: rand
             continue
         length = max(1, min(n - start, int(rng.expovariate(1 / mean_span)) + 1))
         source += ids[pos:start] + [sentinel_ids[k]]
-        target += [sentinel_ids[k]] + ids[start:start + length]
+        target += [sentinel_ids[k]] + ids[start : start + length]
         pos = start + length
     source += ids[pos:] + [eos_id]
     target += [eos_id]
     return source, target
 
 
-def pretrain_span_corruption(model, tokenizer, texts: list[str], steps: int, batch_size: int = 32,
-                             chunk_tokens: int = 128, lr: float = 3e-3, seed: int = 42, progress: bool = True):
+def pretrain_span_corruption(
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    batch_size: int = 32,
+    chunk_tokens: int = 128,
+    lr: float = 3e-3,
+    seed: int = 42,
+    progress: bool = True,
+):
     """Briefly pretrain `model` on `texts` with span corruption; returns the per-step losses."""
     from torch.nn.utils.rnn import pad_sequence
     from tqdm.auto import tqdm
@@ -121,7 +134,7 @@ def pretrain_span_corruption(model, tokenizer, texts: list[str], steps: int, bat
     eos = tokenizer.eos_token_id
     # chunks of running text, so every example is about chunk_tokens long
     stream = [t for text in texts for t in tokenizer(text, add_special_tokens=False).input_ids]
-    chunks = [stream[i:i + chunk_tokens] for i in range(0, len(stream) - chunk_tokens, chunk_tokens)]
+    chunks = [stream[i : i + chunk_tokens] for i in range(0, len(stream) - chunk_tokens, chunk_tokens)]
     if not chunks:
         raise LabError("no text to pretrain on", "pass the DialogSum training dialogues")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -148,8 +161,9 @@ def pretrain_span_corruption(model, tokenizer, texts: list[str], steps: int, bat
     return losses
 
 
-def build_offline_model(out_dir: str | Path, train_texts: list[str], pretrain_steps: int, seed: int = 42,
-                        progress: bool = True) -> Path:
+def build_offline_model(
+    out_dir: str | Path, train_texts: list[str], pretrain_steps: int, seed: int = 42, progress: bool = True
+) -> Path:
     """Build the offline stand-in (tokenizer + span-corruption-pretrained tiny T5) into `out_dir`."""
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".building")
@@ -159,8 +173,7 @@ def build_offline_model(out_dir: str | Path, train_texts: list[str], pretrain_st
     print(f"Tokenizer: SentencePiece unigram, {len(tokenizer):,} tokens ({time.time() - t0:.0f} s)")
     model = build_tiny_t5(len(tokenizer), seed=seed)
     print(f"Model: tiny T5 v1.1, {sum(p.numel() for p in model.parameters()):,} parameters, untied lm_head")
-    losses = pretrain_span_corruption(model, tokenizer, train_texts, steps=pretrain_steps, seed=seed,
-                                      progress=progress)
+    losses = pretrain_span_corruption(model, tokenizer, train_texts, steps=pretrain_steps, seed=seed, progress=progress)
     if losses:
         print(f"Span-corruption pretraining: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     model.save_pretrained(tmp)

@@ -77,9 +77,7 @@ class LocalS3:
             if wlog.level == logging.NOTSET:
                 wlog.setLevel(logging.ERROR)
             # Port 0: the OS picks a free port atomically (no race with other servers).
-            self._server = ThreadedMotoServer(
-                ip_address=HOST, port=self.port or 0, verbose=False
-            )
+            self._server = ThreadedMotoServer(ip_address=HOST, port=self.port or 0, verbose=False)
             self._server.start()
             self.port = self._server.get_host_and_port()[1]
         else:
@@ -99,9 +97,7 @@ class LocalS3:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        atexit.register(
-            self.stop
-        )  # a forgotten server must not outlive the kernel / test run
+        atexit.register(self.stop)  # a forgotten server must not outlive the kernel / test run
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -182,10 +178,7 @@ class LocalS3:
 
 def _bypass_proxy_for_localhost() -> None:
     """If an HTTP(S) proxy is configured, make sure requests to 127.0.0.1 do not go through it."""
-    if not any(
-        os.environ.get(v)
-        for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-    ):
+    if not any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")):
         return
     for var in ("NO_PROXY", "no_proxy"):
         hosts = [h for h in os.environ.get(var, "").split(",") if h]
@@ -204,7 +197,5 @@ def start_local_s3(mode: str = "thread") -> LocalS3:
         if name == "AWS_ENDPOINT_URL_S3" or not os.environ.get(name):
             os.environ[name] = value
     _bypass_proxy_for_localhost()
-    print(
-        f"Local S3 server ({mode}) listening on {server.endpoint_url} (AWS_ENDPOINT_URL_S3 is set)"
-    )
+    print(f"Local S3 server ({mode}) listening on {server.endpoint_url} (AWS_ENDPOINT_URL_S3 is set)")
     return server

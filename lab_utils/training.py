@@ -9,9 +9,21 @@ import torch
 from .data import make_collator
 
 
-def make_trainer(model, tokenizer, train_dataset, output_dir: str | Path, learning_rate: float, max_steps: int,
-                 batch_size: int = 8, seed: int = 42, eval_dataset=None, logging_steps: int = 1,
-                 warmup_ratio: float = 0.0, lr_scheduler: str = "linear", save_steps: int = 0):
+def make_trainer(
+    model,
+    tokenizer,
+    train_dataset,
+    output_dir: str | Path,
+    learning_rate: float,
+    max_steps: int,
+    batch_size: int = 8,
+    seed: int = 42,
+    eval_dataset=None,
+    logging_steps: int = 1,
+    warmup_ratio: float = 0.0,
+    lr_scheduler: str = "linear",
+    save_steps: int = 0,
+):
     """A `Seq2SeqTrainer` with the course's weight decay, dynamic padding and -100 label padding."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 

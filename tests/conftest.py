@@ -70,8 +70,9 @@ def tokenizer(data_dir, tmp_path_factory):
     from lab_utils.offline import train_tokenizer
 
     train = load_dialogsum_csv(data_dir)["train"]
-    return train_tokenizer(list(train["dialogue"]) + list(train["summary"]), tmp_path_factory.mktemp("tok"),
-                           vocab_size=300)
+    return train_tokenizer(
+        list(train["dialogue"]) + list(train["summary"]), tmp_path_factory.mktemp("tok"), vocab_size=300
+    )
 
 
 @pytest.fixture
@@ -79,8 +80,7 @@ def tiny_model(tokenizer):
     """A fresh tiny random T5 v1.1 (untied lm_head) for the tiny tokenizer."""
     from lab_utils.offline import build_tiny_t5
 
-    return build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                         num_heads=4)
+    return build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
 
 
 @pytest.fixture(scope="session")
@@ -102,5 +102,3 @@ def local_s3():
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         yield server
-
-

@@ -42,11 +42,7 @@ def _make_folder(root: Path) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _no_part_files(root: Path) -> bool:
@@ -113,19 +109,14 @@ def test_single_file_round_trip(tmp_path, bucket):
     src.write_bytes(os.urandom(2048))
     assert push_checkpoint(src, f"s3://{bucket}/adapters/") == ["adapters/adapter.bin"]
 
-    dest = pull_checkpoint(
-        f"s3://{bucket}/adapters/adapter.bin", tmp_path / "out" / "a.bin"
-    )
+    dest = pull_checkpoint(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "out" / "a.bin")
     assert dest == tmp_path / "out" / "a.bin"
     assert dest.read_bytes() == src.read_bytes()
 
     # Into an existing folder: keeps the object's name.
     (tmp_path / "dir").mkdir()
     dest2 = pull_checkpoint(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "dir")
-    assert (
-        dest2 == tmp_path / "dir" / "adapter.bin"
-        and dest2.read_bytes() == src.read_bytes()
-    )
+    assert dest2 == tmp_path / "dir" / "adapter.bin" and dest2.read_bytes() == src.read_bytes()
 
 
 def test_multipart_round_trip_and_skip(tmp_path, bucket, capsys):
@@ -235,9 +226,7 @@ def test_corrupted_download_is_discarded(tmp_path, bucket, monkeypatch):
 
     monkeypatch.setattr(client, "head_object", lying_head)
     with pytest.raises(LabError, match="corrupted"):
-        pull_checkpoint(
-            f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client
-        )
+        pull_checkpoint(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
     assert not (tmp_path / "out" / "m.bin").exists() and _no_part_files(tmp_path)
 
 
@@ -253,9 +242,7 @@ def test_disk_full_is_reported(tmp_path, bucket, monkeypatch):
 
     monkeypatch.setattr(client, "download_fileobj", full_disk)
     with pytest.raises(LabError, match="disk is full"):
-        pull_checkpoint(
-            f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client
-        )
+        pull_checkpoint(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
     assert _no_part_files(tmp_path)
 
 
@@ -286,14 +273,10 @@ def test_never_creates_bucket_on_real_aws():
     created = []
 
     def head_bucket(**kw):
-        raise ClientError(
-            {"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket"
-        )
+        raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket")
 
     fake = SimpleNamespace(
-        meta=SimpleNamespace(
-            endpoint_url="https://s3.us-east-1.amazonaws.com", region_name="us-east-1"
-        ),
+        meta=SimpleNamespace(endpoint_url="https://s3.us-east-1.amazonaws.com", region_name="us-east-1"),
         head_bucket=head_bucket,
         create_bucket=lambda **kw: created.append(kw),
     )

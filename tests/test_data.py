@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from lab_utils.config import load_settings
-from lab_utils.data import (build_prompt, first_dialogue_rows, load_dialogsum_csv, make_collator, split_sizes,
-                            subsample, tokenize_dataset, unique_dialogues)
+from lab_utils.data import (
+    build_prompt,
+    first_dialogue_rows,
+    load_dialogsum_csv,
+    make_collator,
+    split_sizes,
+    subsample,
+    tokenize_dataset,
+    unique_dialogues,
+)
 from lab_utils.errors import LabError
 
 
@@ -91,8 +99,12 @@ def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, token
 def test_subsample_every_100th_like_the_course():
     from datasets import Dataset, DatasetDict
 
-    ds = DatasetDict({n: Dataset.from_dict({"x": list(range(k))}) for n, k in
-                      {"train": 12460, "validation": 500, "test": 1500}.items()})
+    ds = DatasetDict(
+        {
+            n: Dataset.from_dict({"x": list(range(k))})
+            for n, k in {"train": 12460, "validation": 500, "test": 1500}.items()
+        }
+    )
     small = subsample(ds, every=100)
     assert split_sizes(small) == {"train": 125, "validation": 5, "test": 15}
     assert small["train"]["x"][:3] == [0, 100, 200]

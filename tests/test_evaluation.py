@@ -7,8 +7,16 @@ import pytest
 from rouge_score import rouge_scorer
 
 from lab_utils.errors import LabError
-from lab_utils.evaluation import (RESULTS_COLUMNS, OfflineRouge, compute_rouge, improvement, read_results_file,
-                                  score_results_file, summarize, write_results_file)
+from lab_utils.evaluation import (
+    RESULTS_COLUMNS,
+    OfflineRouge,
+    compute_rouge,
+    improvement,
+    read_results_file,
+    score_results_file,
+    summarize,
+    write_results_file,
+)
 
 GEN = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
 
@@ -57,7 +65,9 @@ def test_results_file_rouge_equals_rouge_score_mean(tmp_path):
     scores = score_results_file(read_results_file(path))
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
     for model in ("original", "instruct", "peft"):
-        per_row = [scorer.score(r, p) for r, p in zip(frame["human_baseline_summaries"], frame[f"{model}_model_summaries"])]
+        per_row = [
+            scorer.score(r, p) for r, p in zip(frame["human_baseline_summaries"], frame[f"{model}_model_summaries"])
+        ]
         for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
             expected = sum(s[key].fmeasure for s in per_row) / len(per_row)
             assert scores[model][key] == pytest.approx(expected, abs=1e-12)

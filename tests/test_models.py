@@ -62,8 +62,7 @@ def test_adapter_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
             if "lora_B" in name:
                 p.fill_(0.01)
     peft_model.save_pretrained(tmp_path / "adapter")
-    fresh = build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                          num_heads=4)
+    fresh = build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
     loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=False)
     assert count_parameters(loaded)[0] == 0
     ids = tokenizer(["#Person1#: hello"], return_tensors="pt").input_ids
