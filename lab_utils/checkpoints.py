@@ -190,7 +190,7 @@ def _bucket_exists(client, bucket: str) -> bool | None:
 def _no_bucket_error(client, bucket: str, uri: str) -> LabError:
     return LabError(
         f"The bucket s3://{bucket}/ (from {uri}) does not exist at {_endpoint(client)}.",
-        "Check the bucket name for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE point at the "
+        "Check the bucket in `LAB_S3_URI` for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE point at the "
         "account or server that holds it.",
     )
 
@@ -232,7 +232,8 @@ def _translate(exc: BaseException, client, uri: str, *, local: Path | None = Non
                 return _no_bucket_error(client, bucket, uri)
             return LabError(
                 f"{uri} was not found at {_endpoint(client)}.",
-                "Check the key for typos (a folder URI must end with '/'), and that the upload step ran.",
+                "Check `LAB_S3_URI` (the lab's S3 prefix) for typos (a folder URI ends with '/'), and that the "
+                "instructor command published there (`python -m lab_utils instructor`).",
             )
     return exc
 
@@ -357,7 +358,8 @@ def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, ano
             if not keys:
                 raise LabError(
                     f"Nothing found under {s3_uri} at {_endpoint(client)}.",
-                    "Check the prefix for typos and that the upload step ran (push_checkpoint).",
+                    "Check `LAB_S3_URI` (the lab's S3 prefix) for typos, and that the instructor command published "
+                    "there (`python -m lab_utils instructor`).",
                 )
             for k in keys:
                 rel = Path(k[len(key) :])

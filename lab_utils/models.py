@@ -41,7 +41,7 @@ def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID"):
     if path.is_absolute() or str(name_or_path).startswith("."):
         check_checkpoint_dir(path, setting)
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), torch_dtype=torch.float32)
+        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), dtype=torch.float32)
     except OSError as exc:
         raise LabError(
             f"cannot load model {str(name_or_path)!r}: {exc}",
@@ -145,4 +145,4 @@ def load_peft_for_inference(settings: Settings, adapter_dir: str | Path):
     adapter_dir = Path(adapter_dir)
     check_checkpoint_dir(adapter_dir, "adapter folder")
     base = load_model(settings.model_path_or_id)
-    return PeftModel.from_pretrained(base, str(adapter_dir), torch_dtype=torch.float32, is_trainable=False)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

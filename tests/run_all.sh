@@ -18,10 +18,11 @@ ruff check lab_utils tests
 ruff format --check lab_utils tests
 
 echo "== unit tests"
-python -m pytest tests -q
+python -m pytest tests -q --deselect tests/test_offline_run.py
 
 echo "== instructor command, offline profile (reuses a finished run in data/offline/)"
 LAB_PROFILE=offline python -m lab_utils instructor
+REQUIRE_OFFLINE_RUN=1 python -m pytest tests/test_offline_run.py -q -s
 
 echo "== the notebook, offline profile, under nbval"
 mkdir -p data/executed
