@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +28,15 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
+from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from tqdm.auto import tqdm
+from urllib3.exceptions import ProtocolError
 
 from .errors import LabError
 
@@ -303,6 +310,117 @@ def _up_to_date(client, bucket: str, key: str, head: dict, path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 # pull
 
+# Retries of an interrupted download (each one resumes from the bytes already on disk). Module
+# constants so tests (and impatient instructors) can change them.
+DOWNLOAD_RETRIES = 4
+RETRY_BACKOFF_S = 1.0  # first wait; doubles after each failed try, up to RETRY_BACKOFF_MAX_S
+RETRY_BACKOFF_MAX_S = 15.0
+STREAM_CHUNK = 1024 * 1024  # read size of a resumed (ranged) download
+
+_TRANSIENT_ERRNOS = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETRESET,
+}
+_TRANSIENT_TYPES = (
+    *_UNREACHABLE,
+    IncompleteReadError,
+    ResponseStreamingError,
+    RetriesExceededError,
+    http.client.HTTPException,  # includes http.client.IncompleteRead
+    ProtocolError,
+    TimeoutError,
+    ConnectionError,
+)
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A network hiccup worth retrying (connection reset, server gone, short body, timeout, 5xx)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return False
+        if isinstance(seen, _TRANSIENT_TYPES):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _TRANSIENT_ERRNOS:
+            return True
+        if isinstance(seen, ClientError) and str(seen.response.get("Error", {}).get("Code")) in _TRANSIENT_CODES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _part_paths(dest: Path) -> tuple[Path, Path]:
+    """The partial download and its sidecar holding the ETag the partial download started from."""
+    return dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.etag")
+
+
+def _resumable_bytes(dest: Path, head: dict) -> int:
+    """How many bytes of an earlier, interrupted download of this same object version can be kept."""
+    tmp, tag = _part_paths(dest)
+    etag = head.get("ETag", "")
+    try:
+        if not etag or not tmp.is_file() or tag.read_text().strip() != etag:
+            return 0
+        n = tmp.stat().st_size
+    except OSError:
+        return 0
+    return n if n <= head["ContentLength"] else 0
+
+
+class _PrefixTrackingFile:
+    """A file wrapper for download_fileobj that records which byte ranges have been written.
+
+    s3transfer writes the parts of a big object in whatever order they arrive (seek + write), and
+    re-writes a range it retries. After a failure, `prefix()` is the length that is complete from
+    byte 0: the .part is cut back to it, so a partial file is always a prefix of the object.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self._ranges: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def write(self, data) -> int:
+        with self._lock:
+            start = self._f.tell()
+            n = self._f.write(data)
+            self._ranges.append((start, start + n))
+        return n
+
+    def prefix(self) -> int:
+        end = 0
+        with self._lock:
+            for a, b in sorted(self._ranges):
+                if a > end:
+                    break
+                end = max(end, b)
+        return end
+
+
+class DownloadInterrupted(LabError):
+    """A download failed on network errors even after retries; its .part is kept so the next run resumes."""
+
+
+def _set_progress(bar, n: int) -> None:
+    bar.n = n
+    bar.refresh()
+
 
 def _check_free_space(dest_dir: Path, needed: int, uri: str) -> None:
     probe = dest_dir
@@ -316,30 +434,129 @@ def _check_free_space(dest_dir: Path, needed: int, uri: str) -> None:
         )
 
 
-def _download_one(client, bucket: str, key: str, head: dict, dest: Path, bar, uri: str) -> None:
-    tmp = dest.with_name(dest.name + ".part")
+def _get_range(client, bucket: str, key: str, head: dict, tmp: Path, offset: int, bar) -> None:
+    """Append bytes offset.. of the object to tmp with a ranged GET (only if the ETag is unchanged)."""
+    extra = {"IfMatch": head["ETag"]} if head.get("ETag") else {}
+    resp = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-", **extra)
+    with open(tmp, "ab") as f:
+        if not str(resp.get("ContentRange", "")).startswith(f"bytes {offset}-"):
+            f.truncate(0)  # the server ignored the Range: it sends the whole object
+            bar.update(-offset)
+        for chunk in resp["Body"].iter_chunks(STREAM_CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
+
+
+def _fetch(client, bucket: str, key: str, head: dict, tmp: Path, bar, uri: str) -> None:
+    """Fill tmp with the object, retrying transient errors with backoff and resuming each time."""
     size = head["ContentLength"]
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # download_fileobj writes straight into our .part file (download_file would use its
-        # own random temp name that a killed kernel would leave behind under another name).
-        with _friendly_errors(client, uri, local=dest), open(tmp, "wb") as f:
-            client.download_fileobj(bucket, key, f, Config=TRANSFER_CONFIG, Callback=bar.update)
+    base = bar.n - tmp.stat().st_size  # bar position of this file's first byte
+    retries = 0
+    while True:
+        offset = tmp.stat().st_size
+        if offset >= size:
+            return
+        try:
+            if offset == 0:
+                # download_fileobj: parallel ranged GETs for big objects, and its own retries.
+                with open(tmp, "wb") as f:
+                    tracked = _PrefixTrackingFile(f)
+                    try:
+                        client.download_fileobj(bucket, key, tracked, Config=TRANSFER_CONFIG, Callback=bar.update)
+                    except BaseException:
+                        f.truncate(tracked.prefix())  # drop bytes after the first hole
+                        raise
+            else:
+                _get_range(client, bucket, key, head, tmp, offset, bar)
+            return
+        except (ClientError, S3DownloadFailedError) as e:
+            # If-Match failed (ours on a resume, s3transfer's on the parts of a big object).
+            code = str(e.response.get("Error", {}).get("Code")) if isinstance(e, ClientError) else ""
+            if code in ("PreconditionFailed", "412") or "did not match expected ETag" in str(e):
+                raise LabError(
+                    f"{uri} was replaced on the server while it was being downloaded.",
+                    "Run this cell again to download the new version.",
+                ) from e
+            if not _is_transient(e):
+                raise
+            error: BaseException = e
+        except Exception as e:
+            if not _is_transient(e):
+                raise
+            error = e
         got = tmp.stat().st_size
-        if got != size:
-            raise LabError(
-                f"Download of {uri} is incomplete: got {got} of {size} bytes.",
-                "Run this cell again; if it keeps failing, check the network or the S3 endpoint.",
-            )
-        if _etag_matches(client, bucket, key, head, tmp) is False:
-            raise LabError(
-                f"Download of {uri} is corrupted: its MD5 does not match the ETag {head['ETag']}.",
-                "Run this cell again; if it keeps failing, upload the checkpoint again.",
-            )
+        _set_progress(bar, base + got)
+        if retries >= DOWNLOAD_RETRIES:
+            error = getattr(error, "last_exception", None) or error  # s3transfer's RetriesExceededError
+            fix = f"Run this cell again: it resumes from the partial file {tmp.name}."
+            if isinstance(_botocore_cause(error), _UNREACHABLE):
+                fix += " " + _unreachable_error(client, uri, error).fix
+            else:
+                fix += " If it keeps failing, check your network connection and the S3 endpoint."
+            raise DownloadInterrupted(
+                f"The download of {uri} was interrupted after {format_size(got)} of {format_size(size)} "
+                f"({type(error).__name__}: {error}), even after {retries} retries.",
+                fix,
+            ) from error
+        time.sleep(min(RETRY_BACKOFF_S * 2**retries, RETRY_BACKOFF_MAX_S))
+        retries += 1
+
+
+def _verify(client, bucket: str, key: str, head: dict, tmp: Path, uri: str) -> None:
+    size, got = head["ContentLength"], tmp.stat().st_size
+    if got != size:
+        raise LabError(
+            f"Download of {uri} is incomplete: got {got} of {size} bytes.",
+            "Run this cell again; if it keeps failing, check the network or the S3 endpoint.",
+        )
+    if _etag_matches(client, bucket, key, head, tmp) is False:
+        raise LabError(
+            f"Download of {uri} is corrupted: its MD5 does not match the ETag {head['ETag']}.",
+            "Run this cell again; if it keeps failing, upload the checkpoint again.",
+        )
+
+
+def _download_one(client, bucket: str, key: str, head: dict, dest: Path, bar, uri: str) -> None:
+    """Download to `<dest>.part` (resuming an interrupted one), verify, then rename to `dest`."""
+    tmp, tag = _part_paths(dest)
+    with _friendly_errors(client, uri, local=dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    keep_part = False
+    try:
+        offset = _resumable_bytes(dest, head)
+        if offset:
+            print(f"resuming {dest} from {format_size(offset)} of {format_size(head['ContentLength'])}")
+            bar.update(offset)
+        else:  # nothing usable: (re)start from zero, remembering which object version this is
+            with _friendly_errors(client, uri, local=dest):
+                tmp.write_bytes(b"")
+                tag.write_text(head.get("ETag", ""))
+        for attempt in ("resume", "restart"):
+            try:
+                with _friendly_errors(client, uri, local=dest):
+                    _fetch(client, bucket, key, head, tmp, bar, uri)
+            except DownloadInterrupted:
+                keep_part = True
+                raise
+            try:
+                _verify(client, bucket, key, head, tmp, uri)
+                break
+            except LabError:
+                if not offset or attempt == "restart":
+                    raise
+                # The kept partial file was bad after all: start once more from zero.
+                bar.update(-tmp.stat().st_size)
+                tmp.write_bytes(b"")
+                offset = 0
         os.replace(tmp, dest)  # atomic: `dest` is either the old file or the complete new one
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written checkpoint around
+        tag.unlink(missing_ok=True)
+    except KeyboardInterrupt:
+        keep_part = True  # what is on disk is a valid prefix (or the whole, unverified file): resume it
         raise
+    finally:
+        if not keep_part:
+            tmp.unlink(missing_ok=True)  # never leave a half-written checkpoint around
+            tag.unlink(missing_ok=True)
 
 
 def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, anonymous: bool = False) -> Path:
@@ -377,7 +594,9 @@ def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, ano
 
     todo = []
     for k, dest, head in jobs:
-        if _up_to_date(client, bucket, k, head, dest):
+        with _friendly_errors(client, f"s3://{bucket}/{k}", local=dest):
+            fresh = _up_to_date(client, bucket, k, head, dest)
+        if fresh:  # a verified local copy is not downloaded again
             print(f"skipped (already up to date): {dest}")
         else:
             todo.append((k, dest, head))
@@ -385,7 +604,8 @@ def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, ano
         return result
 
     total = sum(h["ContentLength"] for _, _, h in todo)
-    _check_free_space(local if is_folder else result.parent, total, s3_uri)
+    kept = sum(_resumable_bytes(dest, h) for _, dest, h in todo)  # parts of interrupted downloads
+    _check_free_space(local if is_folder else result.parent, total - kept, s3_uri)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"pull {s3_uri}") as bar:
         for k, dest, head in todo:
             _download_one(client, bucket, k, head, dest, bar, f"s3://{bucket}/{k}")
@@ -436,7 +656,9 @@ def push_checkpoint(local_path: str | os.PathLike, s3_uri: str, client=None) -> 
         files = sorted(
             f
             for f in local.rglob("*")
-            if f.is_file() and not f.name.endswith(".part") and ".ipynb_checkpoints" not in f.parts
+            if f.is_file()
+            and not f.name.endswith((".part", ".part.etag"))  # interrupted downloads
+            and ".ipynb_checkpoints" not in f.parts
         )
         plan = [(f, prefix + f.relative_to(local).as_posix()) for f in files]
     else:
@@ -467,11 +689,19 @@ def push_checkpoint(local_path: str | os.PathLike, s3_uri: str, client=None) -> 
             with _friendly_errors(client, uri, local=f):
                 client.upload_file(str(f), bucket, k, Config=TRANSFER_CONFIG, Callback=bar.update)
                 head = client.head_object(Bucket=bucket, Key=k)
-            # Verify what the server stored, not what we think we sent.
-            if head["ContentLength"] != f.stat().st_size or _etag_matches(client, bucket, k, head, f) is False:
+                # Verify what the server stored, not what we think we sent.
+                local_size = f.stat().st_size
+                if head["ContentLength"] != local_size:
+                    problem = f"the server has {head['ContentLength']} bytes, the local file {local_size}"
+                elif _etag_matches(client, bucket, k, head, f) is False:
+                    problem = f"its MD5 does not match the server's ETag {head.get('ETag')}"
+                else:
+                    problem = None
+            if problem:
                 raise LabError(
-                    f"Upload of {f} to {uri} could not be verified (size or MD5 differ).",
-                    "Run this cell again; if it keeps failing, check the S3 endpoint and the local file.",
+                    f"Upload of {f} to {uri} could not be verified: {problem}.",
+                    "Run this cell again to upload it again; if it keeps failing, check the S3 endpoint and that "
+                    "nothing else writes to that key or to the local file meanwhile.",
                 )
             uploaded.append(k)
     return uploaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -203,3 +204,135 @@ def score_results_file(frame, model_columns=RESULTS_COLUMNS[1:], rouge=None) -> 
     return {
         c.replace("_model_summaries", ""): compute_rouge(frame[c].tolist(), refs, rouge=rouge) for c in model_columns
     }
+
+
+# --- Three views of the same predictions --------------------------------------------------------------------------
+
+ROUGE_VIEWS = ("course-comparable", "sentence-split", "multi-reference")
+ROUGE_VIEWS_EXPLAINED = (
+    "**Course-comparable** scores every test row (each dialogue appears 3 times, once per human reference) with "
+    "stemming and no sentence splitting, as the course did, so rougeLsum is just rougeL; **sentence-split** puts a "
+    "newline between sentences (as the Hugging Face summarization example does), which lets rougeLsum match "
+    "sentences in any order and changes nothing else. **Multi-reference** scores each dialogue once, against its "
+    "best-matching reference per metric, so it is higher than the course's average over references: the three views "
+    "measure the same summaries, so compare models within one view, never numbers across views."
+)
+
+# "Mr. Smith" is not the end of a sentence; compared in lower case, without the final period
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "prof", "jr", "sr", "vs", "mt", "e.g", "i.e"})
+# end punctuation (and closing quotes/brackets), whitespace, then what can start a sentence: capital, #Person1#, digit
+_SENTENCE_END = re.compile(r"([.!?]+[\"')\]]*)\s+(?=[\"'(\[]?[A-Z#0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences offline (a regex stand-in for nltk.sent_tokenize, which needs downloaded data)."""
+    sentences, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        punct = match.group(1)
+        if punct.startswith(".") and not punct.startswith(".."):
+            before = text[start : match.start(1)].split()
+            if before and before[-1].lstrip("(\"'").lower() in _ABBREVIATIONS:
+                continue
+        sentence = text[start : match.end(1)].strip()
+        if sentence:
+            sentences.append(sentence)
+        start = match.end()
+    rest = text[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+def rouge_course_comparable(predictions, references, rouge=None) -> dict[str, float]:
+    """The course's numbers: per row, stemming, no sentence splitting, mean F-measure (same as `compute_rouge`)."""
+    return compute_rouge(predictions, references, rouge=rouge)
+
+
+def rouge_sentence_split(predictions, references, rouge=None) -> dict[str, float]:
+    """Mean ROUGE with a newline between sentences, as the HF summarization example does (only rougeLsum changes)."""
+
+    def split(text: str) -> str:
+        return "\n".join(split_sentences(text))
+
+    return compute_rouge([split(p) for p in predictions], [split(r) for r in references], rouge=rouge)
+
+
+def rouge_multi_reference(
+    predictions_by_dialogue: list[str], references_by_dialogue: list[list[str]]
+) -> dict[str, float]:
+    """Per dialogue the best F-measure over its references (per metric), averaged over dialogues."""
+    from rouge_score import rouge_scorer
+
+    predictions, references = list(predictions_by_dialogue), [list(r) for r in references_by_dialogue]
+    if len(predictions) != len(references):
+        raise LabError(
+            f"{len(predictions)} predictions but references for {len(references)} dialogues",
+            "pass one prediction and one list of references per dialogue",
+        )
+    if not predictions:
+        raise LabError("no predictions to score", "pass at least one dialogue")
+    empty = [i for i, refs in enumerate(references) if not refs]
+    if empty:
+        raise LabError(f"dialogue #{empty[0]} has no references", "pass at least one reference per dialogue")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    # score_multi: for each metric, the reference with the highest F-measure (what evaluate does for lists of refs)
+    best = [scorer.score_multi(refs, pred) for pred, refs in zip(predictions, references)]
+    return {k: float(sum(b[k].fmeasure for b in best) / len(best)) for k in ROUGE_KEYS}
+
+
+_ID = re.compile(r"^(.+)_(\d+)$")
+
+
+def dialogue_groups(frame) -> list[list[int]]:
+    """Row positions per dialogue, from ids like `test_<n>_<j>`; without `id`, consecutive rows in threes."""
+    n = len(frame)
+    if n == 0:
+        raise LabError("the results frame has no rows", "read a results file with read_results_file first")
+    if "id" not in frame.columns:
+        if n % 3:
+            raise LabError(
+                f"the results frame has no `id` column and {n} rows (not a multiple of 3), so its rows cannot be "
+                "grouped by dialogue",
+                "multi-reference scoring needs an `id` column (test_<dialogue>_<reference>): regenerate the results "
+                "file, or add the DialogSum test split's `id` column in the same row order",
+            )
+        return [list(range(i, i + 3)) for i in range(0, n, 3)]
+    groups: dict[str, list[int]] = {}
+    for pos, value in enumerate(frame["id"].astype(str)):
+        match = _ID.match(value.strip())
+        if not match:
+            raise LabError(
+                f"row {pos} has id {value!r}, not of the form <dialogue>_<reference> (e.g. test_0_1)",
+                "use the DialogSum test split's ids",
+            )
+        groups.setdefault(match.group(1), []).append(pos)
+    return list(groups.values())
+
+
+def rouge_views(frame, model_columns=RESULTS_COLUMNS[1:]):
+    """A table of ROUGE for each model (rows) under the three views (column level 0) and per metric (level 1)."""
+    import pandas as pd
+
+    refs = frame["human_baseline_summaries"].tolist()
+    groups = dialogue_groups(frame)
+    refs_by_dialogue = [[refs[i] for i in g] for g in groups]
+    rows = {}
+    for column in model_columns:
+        preds = frame[column].tolist()
+        disagree = sum(len({preds[i] for i in g}) > 1 for g in groups)
+        if disagree:
+            warnings.warn(
+                f"{column}: {disagree} of {len(groups)} dialogues have different summaries on their rows; "
+                "multi-reference scoring uses each dialogue's first row",
+                stacklevel=2,
+            )
+        views = {
+            "course-comparable": rouge_course_comparable(preds, refs),
+            "sentence-split": rouge_sentence_split(preds, refs),
+            "multi-reference": rouge_multi_reference([preds[g[0]] for g in groups], refs_by_dialogue),
+        }
+        rows[column.replace("_model_summaries", "")] = {(v, k): s[k] for v, s in views.items() for k in ROUGE_KEYS}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["view", "metric"])
+    table.index.name = "model"
+    return table.round(4)

@@ -49,13 +49,22 @@ class LocalS3:
         mode: str = "thread",
         port: int | None = None,
         log_path: str | os.PathLike | None = None,
+        extra_env: dict[str, str] | None = None,
     ):
         if mode not in ("thread", "subprocess"):
             raise LabError(
                 f"Unknown LocalS3 mode {mode!r}.",
                 "Use mode='thread' or mode='subprocess'.",
             )
+        if extra_env and mode != "subprocess":
+            raise LabError(
+                "extra_env only applies to a LocalS3 in mode='subprocess'.",
+                "Use LocalS3(mode='subprocess', extra_env={...}).",
+            )
         self.mode = mode
+        # Extra environment for the server process, e.g. {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} to make
+        # moto check credentials (by default it accepts any).
+        self.extra_env = dict(extra_env or {})
         self.port = port
         self.log_path = Path(log_path) if log_path else None
         self.endpoint_url: str | None = None
@@ -96,6 +105,7 @@ class LocalS3:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self.extra_env},
         )
         atexit.register(self.stop)  # a forgotten server must not outlive the kernel / test run
         deadline = time.monotonic() + timeout
