@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -48,8 +51,14 @@ def summarize(
     max_source_length: int = 512,
     progress: bool = True,
     desc: str = "Summarizing",
+    cache: str | Path | None = None,
 ) -> list[str]:
-    """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches."""
+    """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches.
+
+    With `cache` (a .jsonl file), every finished batch is appended to it; run again after a crash, the finished
+    batches are read back and only the rest is generated. Batches are the same as in an uninterrupted run, so the
+    summaries are identical too.
+    """
     from tqdm.auto import tqdm
 
     from .data import build_prompt
@@ -68,25 +77,93 @@ def summarize(
     # sorted by length, so each batch pads little; outputs are put back in the original order
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     summaries: list[str] = [""] * len(prompts)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    done: dict[int, list[str]] = {}
+    if cache is not None:
+        from .models import fingerprint
+
+        # the cache is valid only for the same prompts, model weights and generation settings
+        key = json.dumps([prompts, batch_size, max_source_length, sorted(gen_kwargs.items()), fingerprint(model)])
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
+        done = _open_generation_cache(Path(cache), key, [len(b) for b in batches])
+        if done:
+            print(f"{desc}: resuming, {len(done)} of {len(batches)} batches already in {cache}")
+        sink = open(cache, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally below
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [prompts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_source_length,
-            ).to(device)
-            out = model.generate(**enc, **gen_kwargs)
-            for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
-                summaries[i] = text.strip()
-    model.train(was_training)
+    try:
+        _generate_batches(
+            model,
+            tokenizer,
+            prompts,
+            batches,
+            done,
+            summaries,
+            gen_kwargs,
+            max_source_length,
+            device,
+            tqdm(total=len(batches), desc=desc, disable=not progress, unit="batch"),
+            (lambda b, texts: _append_batch(sink, key, b, texts)) if cache is not None else None,
+        )
+    finally:
+        if cache is not None:
+            sink.close()
+        model.train(was_training)
     by_dialogue = dict(zip(distinct, summaries))
     return [by_dialogue[d] for d in dialogues]
+
+
+def _generate_batches(
+    model, tokenizer, prompts, batches, done, summaries, gen_kwargs, max_source_length, device, bar, on_batch
+) -> None:
+    with torch.inference_mode(), bar:
+        for b, idx in enumerate(batches):
+            if b in done:
+                texts = done[b]
+            else:
+                enc = tokenizer(
+                    [prompts[i] for i in idx],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=max_source_length,
+                ).to(device)
+                out = model.generate(**enc, **gen_kwargs)
+                texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+                if on_batch is not None:
+                    on_batch(b, texts)
+            for i, text in zip(idx, texts):
+                summaries[i] = text
+            bar.update(1)
+
+
+def _open_generation_cache(path: Path, key: str, sizes: list[int]) -> dict[int, list[str]]:
+    """Finished batches from a generation cache; a cache of other inputs, or a torn last line, is discarded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text("")
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]  # a kill mid-write leaves a partial last line: drop it
+    done: dict[int, list[str]] = {}
+    for line in complete.decode("utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("key") != key:
+            path.write_text("")  # written for other prompts, model or settings: start over
+            return {}
+        b, texts = entry["batch"], entry["summaries"]
+        if b < len(sizes) and len(texts) == sizes[b]:
+            done[b] = texts
+    if len(complete) != len(raw):
+        path.write_bytes(complete)
+    return done
+
+
+def _append_batch(sink, key: str, batch: int, texts: list[str]) -> None:
+    sink.write(json.dumps({"key": key, "batch": batch, "summaries": texts}) + "\n")
+    sink.flush()
+    os.fsync(sink.fileno())  # on disk before the next batch starts: a kill loses at most the batch in progress
 
 
 class OfflineRouge:

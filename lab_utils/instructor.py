@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
+from .training import is_main_process
 
 FULL_CHECKPOINT = "flan-dialogue-summary-checkpoint"
 PEFT_CHECKPOINT = "peft-dialogue-summary-checkpoint"
@@ -44,10 +45,20 @@ def _train_and_save(model, tokenizer, train, out: Path, lr: float, steps: int, s
         logging_steps=max(1, steps // 20),
     )
     trainer.train()
+    if not trainer.is_world_process_zero():
+        return  # data-parallel: the other processes helped train; rank 0 saves
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    # how it was trained: processes (data-parallel) and the effective batch size
+    run_facts = {
+        "world_size": trainer.args.world_size,
+        "per_device_batch_size": settings.train_batch_size,
+        "steps": steps,
+        "learning_rate": lr,
+    }
+    (tmp / "train_facts.json").write_text(json.dumps(run_facts, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"Saved the {what} to {out} ({time.time() - t0:.0f} s)")
@@ -68,12 +79,13 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
     original, tokenizer = load_original_model(settings, progress=progress)
     meta_path = out / "run.json"
     meta = {"profile": settings.profile, "model_id": settings.model_id, "original_fingerprint": fingerprint(original)}
-    if meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
+    if is_main_process() and meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
         # the original model changed (e.g. the offline stand-in was rebuilt): earlier stages no longer match it
         print(f"The original model changed since the run in {out}; starting that run afresh.")
         shutil.rmtree(out)
         out.mkdir(parents=True)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    if is_main_process():
+        meta_path.write_text(json.dumps(meta, indent=1))
 
     dataset = load_dialogsum(settings)
     full_dir, peft_dir, results = out / FULL_CHECKPOINT, out / PEFT_CHECKPOINT, out / RESULTS_FILE
@@ -104,6 +116,8 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
                 settings,
                 "LoRA adapter",
             )
+    if not is_main_process():
+        return out  # data-parallel: the other processes only help train
     if not results.is_file():
         test = dataset["test"]
         gen = generation_kwargs(settings)
@@ -115,10 +129,20 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
             "peft_model_summaries": lambda: load_peft_for_inference(settings, peft_dir),
         }
         for column, make in models.items():
+            name = column.replace("_summaries", "")
+            print(f"Generating {name} summaries of the test set", flush=True)
+            # each finished batch is on disk: a crash or kill resumes here instead of starting over
             columns[column] = summarize(
-                make(), tokenizer, list(test["dialogue"]), gen, desc=column.replace("_summaries", ""), **kw
+                make(),
+                tokenizer,
+                list(test["dialogue"]),
+                gen,
+                desc=name,
+                cache=out / "generation" / f"{name}.jsonl",
+                **kw,
             )
         write_results_file(results, columns, extra={"id": list(test["id"])})
+        shutil.rmtree(out / "generation", ignore_errors=True)
         print(f"Wrote {results} ({len(test)} test rows)")
     if upload:
         for name in (FULL_CHECKPOINT, PEFT_CHECKPOINT):

@@ -17,6 +17,10 @@ def ensure_offline_model(settings: Settings, progress: bool = True) -> Path:
     out = settings.path(settings.model_id)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    from .training import is_main_process
+
+    if not is_main_process():
+        return _wait_for_model(out)
     from .data import load_dialogsum
     from .offline import build_offline_model
 
@@ -24,6 +28,20 @@ def ensure_offline_model(settings: Settings, progress: bool = True) -> Path:
     train = load_dialogsum(settings)["train"]
     texts = list(train["dialogue"]) + list(train["summary"])
     return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)
+
+
+def _wait_for_model(out: Path, timeout_s: float = 3600.0) -> Path:
+    """Data-parallel runs: the other processes wait while rank 0 builds the stand-in (it appears by a rename)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while not (out / "model.safetensors").is_file():
+        if time.time() > deadline:
+            raise LabError(
+                f"timed out waiting for rank 0 to build {out}", "run `python -m lab_utils build-model` first"
+            )
+        time.sleep(2)
+    return out
 
 
 def load_tokenizer(settings: Settings):
@@ -38,15 +56,44 @@ def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID"):
     from transformers import AutoModelForSeq2SeqLM
 
     path = Path(str(name_or_path))
-    if path.is_absolute() or str(name_or_path).startswith("."):
+    local = path.is_absolute() or str(name_or_path).startswith(".")
+    if local:
         check_checkpoint_dir(path, setting)
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), dtype=torch.float32)
-    except OSError as exc:
+    except Exception as exc:
+        if local:  # a truncated or garbled file: say which one
+            bad = _first_unreadable(path)
+            if bad is not None:
+                raise LabError(
+                    f"checkpoint folder {path} is corrupt: {bad.name} cannot be read ({exc})",
+                    "delete the folder and pull (or train) the checkpoint again",
+                ) from None
+        if not isinstance(exc, OSError):
+            raise
         raise LabError(
             f"cannot load model {str(name_or_path)!r}: {exc}",
             f"check `{setting}` (a Hub id such as google/flan-t5-base, or a checkpoint folder)",
         ) from None
+
+
+def _first_unreadable(path: Path) -> Path | None:
+    """The first weights or JSON file of a checkpoint folder that does not parse, if any."""
+    import json
+
+    from safetensors import safe_open
+
+    for f in sorted(path.iterdir()):
+        try:
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as st:
+                    for key in st.keys():
+                        st.get_tensor(key)
+        except Exception:
+            return f
+    return None
 
 
 def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:

@@ -9,6 +9,20 @@ import torch
 from .data import make_collator
 
 
+def world_size() -> int:
+    """Processes in this run (`torchrun`/`accelerate launch` set WORLD_SIZE; 1 otherwise)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on the process that saves, evaluates and uploads (rank 0, or the only process)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def make_trainer(
     model,
     tokenizer,
@@ -47,6 +61,8 @@ def make_trainer(
         data_seed=seed,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # data-parallel under torchrun/accelerate: NCCL on GPUs, gloo on CPUs
+        ddp_backend=None if world_size() == 1 else ("nccl" if torch.cuda.is_available() else "gloo"),
         disable_tqdm=False,
     )
     return Seq2SeqTrainer(

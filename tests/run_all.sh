@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (a virtual environment from requirements.txt) and run every check of the lab:
-# lint, unit tests, the instructor command in the offline profile, and the notebook under nbval.
+# Set up (a virtual environment from requirements.txt) and run every check of the lab, offline profile:
+# lint, unit tests, the instructor command, the notebook run headless (kept as an artifact), then the notebook
+# again under nbval, which compares every deterministic cell with the first run (same numbers twice).
 # This is the README's test command; .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,19 +13,30 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
   | grep -v "^WARNING: Location" || true
 export PATH="$PWD/.venv/bin:$PATH"
+export LAB_PROFILE=offline
+start=$SECONDS
+step() { echo; echo "== $1  (at $((SECONDS - start)) s)"; }
 
-echo "== ruff (lint + format)"
+step "ruff (lint + format)"
 ruff check lab_utils tests
 ruff format --check lab_utils tests
 
-echo "== unit tests"
-python -m pytest tests -q --deselect tests/test_offline_run.py
+step "unit tests"
+python -m pytest tests -q --deselect tests/test_offline_run.py --deselect tests/test_executed_notebook.py
 
-echo "== instructor command, offline profile (reuses a finished run in data/offline/)"
-LAB_PROFILE=offline python -m lab_utils instructor
+step "instructor command (reuses a finished run in data/offline/instructor-run)"
+python -m lab_utils instructor
 REQUIRE_OFFLINE_RUN=1 python -m pytest tests/test_offline_run.py -q -s
 
-echo "== the notebook, offline profile, under nbval"
-mkdir -p data/executed
-LAB_PROFILE=offline python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 \
-  -p no:cacheprovider lab2_fine_tune_peft.ipynb -q
+step "the notebook, headless: data/executed/lab2_fine_tune_peft.ipynb (artifact)"
+python -m lab_utils run
+REQUIRE_EXECUTED_NOTEBOOK=1 python -m pytest tests/test_executed_notebook.py -q
+
+step "the notebook again under nbval: deterministic cells must repeat the first run's outputs"
+# nbval compares against the outputs stored in the file it runs, so it runs a copy of the executed notebook,
+# placed beside the original so that the notebook's relative paths (requirements.txt) hold
+copy=.nbval-lab2_fine_tune_peft.ipynb
+cp data/executed/lab2_fine_tune_peft.ipynb "$copy"
+trap 'rm -f "$copy"' EXIT
+python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 -p no:cacheprovider "$copy" -q
+step "all checks passed"

@@ -127,3 +127,33 @@ def test_span_corruption_round_trips():
     rebuilt = [x for t in source[:-1] for x in (spans[t] if t in sentinels else [t])]
     assert rebuilt == ids
     assert 0 < sum(len(v) for v in spans.values()) < len(ids) // 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        ("truncate", "model.safetensors"),
+        ("config", "config.json"),
+        ("remove", "model.safetensors or pytorch_model.bin"),
+    ],
+)
+def test_corrupt_or_incomplete_checkpoint_names_the_file(damage, named, tiny_model, tmp_path):
+    from lab_utils.models import load_model
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    weights, config = tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "config":
+        config.write_text(config.read_text()[:40])
+    else:
+        weights.unlink()
+    with pytest.raises(LabError, match=named):
+        load_model(tmp_path / "ckpt")
+
+
+def test_missing_checkpoint_folder_is_named(tmp_path):
+    from lab_utils.models import load_model
+
+    with pytest.raises(LabError, match="checkpoint folder .*nope does not exist"):
+        load_model(tmp_path / "nope")

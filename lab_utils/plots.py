@@ -1,0 +1,109 @@
+"""Pictures for the lab: ROUGE per model, what LoRA saves, training loss curves, summaries side by side."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .evaluation import ROUGE_KEYS
+
+MODEL_COLORS = {"original": "#9e9e9e", "instruct": "#1f77b4", "peft": "#ff7f0e"}
+
+
+def _save(fig, path: str | Path | None) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def plot_rouge(scores: Mapping[str, Mapping[str, float]], title: str = "ROUGE", path: str | Path | None = None):
+    """Grouped bars: one group per ROUGE metric, one bar per model."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(scores)
+    x = np.arange(len(ROUGE_KEYS))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, model in enumerate(models):
+        values = [scores[model][k] for k in ROUGE_KEYS]
+        bars = ax.bar(
+            x + (i - (len(models) - 1) / 2) * width, values, width, label=model, color=MODEL_COLORS.get(model)
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.set_xticks(x, ROUGE_KEYS)
+    ax.set_ylabel("F-measure (higher is better)")
+    ax.set_ylim(0, max(0.05, 1.2 * max(v for s in scores.values() for v in s.values())))
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def plot_full_vs_lora(trainable: Mapping[str, int], size_bytes: Mapping[str, int], path: str | Path | None = None):
+    """Two log-scale bar charts: trainable parameters and checkpoint size on disk, full fine-tuning vs LoRA."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, data, label, fmt in (
+        (left, trainable, "trainable parameters", "{:,.0f}"),
+        (right, {k: v / 1e6 for k, v in size_bytes.items()}, "checkpoint size on disk (MB)", "{:,.1f} MB"),
+    ):
+        names = list(data)
+        bars = ax.bar(names, [data[n] for n in names], color=["#1f77b4", "#ff7f0e"][: len(names)])
+        ax.bar_label(bars, labels=[fmt.format(data[n]) for n in names], fontsize=8, padding=2)
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.margins(y=0.3)
+    ratio_p = trainable[list(trainable)[0]] / max(1, trainable[list(trainable)[-1]])
+    ratio_s = size_bytes[list(size_bytes)[0]] / max(1, size_bytes[list(size_bytes)[-1]])
+    fig.suptitle(f"LoRA trains {ratio_p:,.0f}x fewer parameters; its checkpoint is {ratio_s:,.0f}x smaller")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def read_train_log(checkpoint_dir: str | Path) -> list[tuple[int, float]]:
+    """(step, loss) pairs from the `train_log.json` the instructor saves beside a checkpoint (empty if absent)."""
+    path = Path(checkpoint_dir) / "train_log.json"
+    if not path.is_file():
+        return []
+    return [(e["step"], e["loss"]) for e in json.loads(path.read_text()) if "loss" in e]
+
+
+def plot_loss_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]], title: str = "Training loss", path: str | Path | None = None
+):
+    """Training loss against step, one line per run (runs without a log are left out)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for name, points in curves.items():
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return fig
+
+
+def summaries_side_by_side(human: Sequence[str], summaries: Mapping[str, Sequence[str]], n: int = 3):
+    """A table of the first `n` distinct dialogues: the human summary next to each model's."""
+    import pandas as pd
+
+    rows, seen = [], set()
+    for i, ref in enumerate(human):
+        key = tuple(s[i] for s in summaries.values())
+        if key in seen:  # the same dialogue again (another reference): one row per dialogue is enough
+            continue
+        seen.add(key)
+        rows.append({"human": ref, **{name: s[i] for name, s in summaries.items()}})
+        if len(rows) == n:
+            break
+    return pd.DataFrame(rows)

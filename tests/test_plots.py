@@ -1,0 +1,61 @@
+"""The pictures: each plot helper draws what it says and saves a PNG."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from lab_utils.plots import (  # noqa: E402
+    plot_full_vs_lora,
+    plot_loss_curves,
+    plot_rouge,
+    read_train_log,
+    summaries_side_by_side,
+)
+
+PNG = b"\x89PNG"
+
+
+def test_rouge_bars(tmp_path):
+    scores = {
+        m: dict.fromkeys(("rouge1", "rouge2", "rougeL", "rougeLsum"), v)
+        for m, v in (("original", 0.1), ("instruct", 0.3), ("peft", 0.25))
+    }
+    fig = plot_rouge(scores, path=tmp_path / "r.png")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 12  # 4 metrics x 3 models
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original", "instruct", "peft"]
+    assert (tmp_path / "r.png").read_bytes()[:4] == PNG
+
+
+def test_full_vs_lora_is_log_scale_and_states_the_ratios(tmp_path):
+    fig = plot_full_vs_lora(
+        {"full": 247_577_856, "LoRA": 3_538_944}, {"full": 990_000_000, "LoRA": 14_000_000}, path=tmp_path / "s.png"
+    )
+    assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    assert "70x fewer parameters" in fig._suptitle.get_text() and "71x smaller" in fig._suptitle.get_text()
+    assert (tmp_path / "s.png").read_bytes()[:4] == PNG
+
+
+def test_loss_curves_from_train_logs(tmp_path):
+    log = [{"loss": 5.0, "step": 10}, {"loss": 4.0, "step": 20}, {"train_runtime": 3.0, "step": 20}]
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "train_log.json").write_text(json.dumps(log))
+    assert read_train_log(tmp_path / "ckpt") == [(10, 5.0), (20, 4.0)]
+    assert read_train_log(tmp_path / "missing") == []
+    fig = plot_loss_curves({"full": read_train_log(tmp_path / "ckpt"), "none": []}, path=tmp_path / "l.png")
+    assert len(fig.axes[0].lines) == 1
+    assert (tmp_path / "l.png").read_bytes()[:4] == PNG
+
+
+def test_side_by_side_has_one_row_per_dialogue():
+    human = ["ref a1", "ref a2", "ref a3", "ref b1", "ref b2", "ref b3"]
+    summaries = {"original": ["oa"] * 3 + ["ob"] * 3, "peft": ["pa"] * 3 + ["pb"] * 3}
+    frame = summaries_side_by_side(human, summaries, n=5)
+    assert frame.to_dict("records") == [
+        {"human": "ref a1", "original": "oa", "peft": "pa"},
+        {"human": "ref b1", "original": "ob", "peft": "pb"},
+    ]
