@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--no-upload", action="store_true", help="keep the run on disk, do not publish it")
     ins.add_argument("--full-steps", type=int, help="training steps of the full fine-tune")
     ins.add_argument("--lora-steps", type=int, help="training steps of the LoRA adapter")
+    ins.add_argument(
+        "--fast-inference",
+        choices=["fp32", "int8", "bf16"],
+        default="fp32",
+        help="generate the results file with int8 dynamic quantization or bf16 autocast (CPU)",
+    )
     args = parser.parse_args(argv)
     if args.profile:
         os.environ["LAB_PROFILE"] = args.profile  # also reaches the notebook's kernel
@@ -89,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             from .instructor import publish_run
 
             show_banner(settings)
-            publish_run(settings, upload=not args.no_upload, progress=sys.stderr.isatty() or "CI" not in os.environ)
+            publish_run(
+                settings,
+                upload=not args.no_upload,
+                fast_inference=args.fast_inference,
+                progress=sys.stderr.isatty() or "CI" not in os.environ,
+            )
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

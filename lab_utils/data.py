@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict
 
 from .config import Settings
 from .errors import LabError
+
+if TYPE_CHECKING:
+    from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic")
@@ -114,7 +118,7 @@ def subsample(dataset: DatasetDict, every: int = 100) -> DatasetDict:
     return DatasetDict({name: split.select(range(0, len(split), every)) for name, split in dataset.items()})
 
 
-def make_collator(tokenizer, model=None):
+def make_collator(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> DataCollatorForSeq2Seq:
     """Pad each batch to its longest example; label padding is -100 so the loss ignores it."""
     from transformers import DataCollatorForSeq2Seq
 

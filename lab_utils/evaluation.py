@@ -8,10 +8,15 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import LabError
+
+if TYPE_CHECKING:
+    import evaluate
+    import pandas as pd
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 RESULTS_COLUMNS = (
@@ -179,7 +184,7 @@ class OfflineRouge:
         return {k: [s[k].fmeasure for s in scores] for k in rouge_types}
 
 
-def load_rouge(hub: bool | None = None):
+def load_rouge(hub: bool | None = None) -> OfflineRouge | evaluate.EvaluationModule:
     """`evaluate.load("rouge")` when the Hub answers, else the same metric computed offline."""
     from .config import hub_reachable
 
@@ -228,14 +233,14 @@ def show_improvement(new: dict[str, float], old: dict[str, float], label: str) -
         print(f"  {k}: {v:.2f}%")
 
 
-def rouge_table(scores: dict[str, dict[str, float]]):
+def rouge_table(scores: dict[str, dict[str, float]]) -> pd.DataFrame:
     """A DataFrame: one row per model, one column per ROUGE metric."""
     import pandas as pd
 
     return pd.DataFrame.from_dict(scores, orient="index")[list(ROUGE_KEYS)].round(4)
 
 
-def read_results_file(path: str | Path, columns=RESULTS_COLUMNS):
+def read_results_file(path: str | Path, columns: tuple[str, ...] = RESULTS_COLUMNS) -> pd.DataFrame:
     """Read a results CSV and check it has the course's columns and no missing summaries."""
     import pandas as pd
 
@@ -386,7 +391,7 @@ def dialogue_groups(frame) -> list[list[int]]:
     return list(groups.values())
 
 
-def rouge_views(frame, model_columns=RESULTS_COLUMNS[1:]):
+def rouge_views(frame: pd.DataFrame, model_columns: tuple[str, ...] = RESULTS_COLUMNS[1:]) -> pd.DataFrame:
     """A table of ROUGE for each model (rows) under the three views (column level 0) and per metric (level 1)."""
     import pandas as pd
 

@@ -64,13 +64,20 @@ def _train_and_save(model, tokenizer, train, out: Path, lr: float, steps: int, s
     print(f"Saved the {what} to {out} ({time.time() - t0:.0f} s)")
 
 
-def run_instructor(settings: Settings, upload: bool = True, progress: bool = True) -> Path:
-    """Train, evaluate on the full test set, and (optionally) publish; returns the run folder."""
+def run_instructor(
+    settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32"
+) -> Path:
+    """Train, evaluate on the full test set, and (optionally) publish; returns the run folder.
+
+    `fast_inference` ("fp32", "int8" or "bf16") speeds up the test-set generation on CPUs (see the benchmark
+    command for its measured speed and ROUGE cost).
+    """
     import torch
 
     from .checkpoints import push_checkpoint
     from .data import load_dialogsum, tokenize_dataset
     from .evaluation import RESULTS_COLUMNS, generation_kwargs, summarize, write_results_file
+    from .inference import prepare_for_inference
     from .models import add_lora, fingerprint, load_model, load_original_model, load_peft_for_inference, lora_config
 
     torch.manual_seed(settings.seed)
@@ -133,7 +140,7 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
             print(f"Generating {name} summaries of the test set", flush=True)
             # each finished batch is on disk: a crash or kill resumes here instead of starting over
             columns[column] = summarize(
-                make(),
+                prepare_for_inference(make(), fast_inference),
                 tokenizer,
                 list(test["dialogue"]),
                 gen,
@@ -169,11 +176,11 @@ def local_s3_for(settings: Settings):
     return _LOCAL_S3
 
 
-def publish_run(settings: Settings, upload: bool = True, progress: bool = True) -> Path:
+def publish_run(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32") -> Path:
     """The instructor command: run (or reuse) the instructor's run and publish it to the profile's S3 prefix."""
     if upload:
         local_s3_for(settings)
-    return run_instructor(settings, upload=upload, progress=progress)
+    return run_instructor(settings, upload=upload, progress=progress, fast_inference=fast_inference)
 
 
 def ensure_published(settings: Settings, progress: bool = True) -> None:

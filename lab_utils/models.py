@@ -5,11 +5,18 @@ from __future__ import annotations
 import copy
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import Settings
 from .errors import LabError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from peft import LoraConfig, PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def ensure_offline_model(settings: Settings, progress: bool = True) -> Path:
@@ -44,14 +51,14 @@ def _wait_for_model(out: Path, timeout_s: float = 3600.0) -> Path:
     return out
 
 
-def load_tokenizer(settings: Settings):
+def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
     """The tokenizer of the original model (Hub id or local folder)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(settings.model_path_or_id)
 
 
-def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID"):
+def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID") -> PreTrainedModel:
     """A seq2seq model in float32 from the Hub or a folder, with a clear error when it cannot be found."""
     from transformers import AutoModelForSeq2SeqLM
 
@@ -112,7 +119,7 @@ def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:
             )
 
 
-def load_original_model(settings: Settings, progress: bool = True):
+def load_original_model(settings: Settings, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The original model and its tokenizer for this profile (the offline stand-in is built on first use)."""
     if settings.offline:
         ensure_offline_model(settings, progress=progress)
@@ -139,13 +146,26 @@ def parameter_report(model) -> str:
 def fingerprint(model) -> str:
     """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, value in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # int8-quantized models keep packed (tensor, bias) tuples and dtypes in their state dict
+        for item in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(item, torch.Tensor):
+                t = item.detach().cpu()
+                t = torch.cat([t.int_repr().flatten().float(), torch.tensor([t.q_scale()])]) if t.is_quantized else t
+                h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(repr(item).encode())
     return h.hexdigest()[:16]
 
 
-def lora_config(r: int = 32, lora_alpha: int = 32, target_modules=("q", "v"), lora_dropout: float = 0.05, model=None):
+def lora_config(
+    r: int = 32,
+    lora_alpha: int = 32,
+    target_modules: Sequence[str] = ("q", "v"),
+    lora_dropout: float = 0.05,
+    model: torch.nn.Module | None = None,
+) -> LoraConfig:
     """The lab's LoRA configuration, checked: positive rank and alpha, dropout in [0, 1), existing modules."""
     from peft import LoraConfig, TaskType
 
@@ -174,7 +194,7 @@ def lora_config(r: int = 32, lora_alpha: int = 32, target_modules=("q", "v"), lo
     )
 
 
-def add_lora(model, config):
+def add_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
     """Wrap a *copy* of `model` with LoRA adapters; `model` itself stays untouched.
 
     `get_peft_model` injects adapters in place: wrapping the original model directly (as the course did) makes
@@ -185,7 +205,7 @@ def add_lora(model, config):
     return get_peft_model(copy.deepcopy(model), config)
 
 
-def load_peft_for_inference(settings: Settings, adapter_dir: str | Path):
+def load_peft_for_inference(settings: Settings, adapter_dir: str | Path) -> PeftModel:
     """A fresh original model with the adapter from `adapter_dir` loaded, frozen (`is_trainable=False`)."""
     from peft import PeftModel
 

@@ -13,10 +13,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import LabError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers import T5TokenizerFast
 
 # The architecture of google/flan-t5-base, from its public config.json (used by tests: no download).
 FLAN_T5_BASE_CONFIG = dict(
@@ -43,7 +49,9 @@ TINY_CONFIG = dict(FLAN_T5_BASE_CONFIG, d_model=128, d_kv=32, d_ff=512, num_laye
 TINY_VOCAB = 4000  # SentencePiece pieces, before T5's 100 sentinel tokens
 
 
-def train_tokenizer(texts, out_dir: str | Path, vocab_size: int = TINY_VOCAB, seed: int = 42):
+def train_tokenizer(
+    texts: Iterable[str], out_dir: str | Path, vocab_size: int = TINY_VOCAB, seed: int = 42
+) -> T5TokenizerFast:
     """Train a SentencePiece unigram model on `texts` and save it as a T5 tokenizer (with 100 sentinels)."""
     import sentencepiece as spm
     from transformers import T5Tokenizer, T5TokenizerFast

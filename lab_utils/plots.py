@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .evaluation import ROUGE_KEYS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 MODEL_COLORS = {"original": "#9e9e9e", "instruct": "#1f77b4", "peft": "#ff7f0e"}
 
@@ -18,7 +23,9 @@ def _save(fig, path: str | Path | None) -> None:
         fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def plot_rouge(scores: Mapping[str, Mapping[str, float]], title: str = "ROUGE", path: str | Path | None = None):
+def plot_rouge(
+    scores: Mapping[str, Mapping[str, float]], title: str = "ROUGE", path: str | Path | None = None
+) -> Figure:
     """Grouped bars: one group per ROUGE metric, one bar per model."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -42,7 +49,9 @@ def plot_rouge(scores: Mapping[str, Mapping[str, float]], title: str = "ROUGE", 
     return fig
 
 
-def plot_full_vs_lora(trainable: Mapping[str, int], size_bytes: Mapping[str, int], path: str | Path | None = None):
+def plot_full_vs_lora(
+    trainable: Mapping[str, int], size_bytes: Mapping[str, int], path: str | Path | None = None
+) -> Figure:
     """Two log-scale bar charts: trainable parameters and checkpoint size on disk, full fine-tuning vs LoRA."""
     import matplotlib.pyplot as plt
 
@@ -75,7 +84,7 @@ def read_train_log(checkpoint_dir: str | Path) -> list[tuple[int, float]]:
 
 def plot_loss_curves(
     curves: Mapping[str, Sequence[tuple[int, float]]], title: str = "Training loss", path: str | Path | None = None
-):
+) -> Figure:
     """Training loss against step, one line per run (runs without a log are left out)."""
     import matplotlib.pyplot as plt
 
@@ -93,7 +102,7 @@ def plot_loss_curves(
     return fig
 
 
-def summaries_side_by_side(human: Sequence[str], summaries: Mapping[str, Sequence[str]], n: int = 3):
+def summaries_side_by_side(human: Sequence[str], summaries: Mapping[str, Sequence[str]], n: int = 3) -> pd.DataFrame:
     """A table of the first `n` distinct dialogues: the human summary next to each model's."""
     import pandas as pd
 

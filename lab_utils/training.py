@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .data import make_collator
+
+if TYPE_CHECKING:
+    from transformers import Seq2SeqTrainer
 
 
 def world_size() -> int:
@@ -37,7 +41,7 @@ def make_trainer(
     warmup_ratio: float = 0.0,
     lr_scheduler: str = "linear",
     save_steps: int = 0,
-):
+) -> Seq2SeqTrainer:
     """A `Seq2SeqTrainer` with the course's weight decay, dynamic padding and -100 label padding."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 

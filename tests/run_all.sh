@@ -29,7 +29,7 @@ python -m lab_utils instructor
 REQUIRE_OFFLINE_RUN=1 python -m pytest tests/test_offline_run.py -q -s
 
 step "the notebook, headless: data/executed/lab2_fine_tune_peft.ipynb (artifact)"
-python -m lab_utils run
+python -m lab_utils run -p EVAL_DIALOGUES 8  # a parameter, as an instructor would pass one
 REQUIRE_EXECUTED_NOTEBOOK=1 python -m pytest tests/test_executed_notebook.py -q
 
 step "the notebook again under nbval: deterministic cells must repeat the first run's outputs"

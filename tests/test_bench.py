@@ -55,6 +55,8 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     assert d["memory_ratio"] == pytest.approx(d["peft_peak_rss_mb"] / d["full_peak_rss_mb"])
     assert e["fraction"] == pytest.approx(e["train_flops_per_s"] / e["matmul_flops"])
     assert "6 x parameters" in e["formula"]
+    assert e["fraction_split"] == pytest.approx(e["train_flops_per_s_split"] / e["matmul_flops"])
+    assert e["fraction_split"] < e["fraction"]  # each token passes only part of the weights
     assert f["int8_speedup"] == pytest.approx(f["fp32_s"] / f["int8_s"])
     if f["bf16_supported"]:
         assert f["bf16_speedup"] == pytest.approx(f["fp32_s"] / f["bf16_s"])

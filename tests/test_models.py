@@ -157,3 +157,14 @@ def test_missing_checkpoint_folder_is_named(tmp_path):
 
     with pytest.raises(LabError, match="checkpoint folder .*nope does not exist"):
         load_model(tmp_path / "nope")
+
+
+def test_rerunning_the_lora_cell_does_not_stack_adapters(tiny_model):
+    config = lora_config(r=4, model=tiny_model)
+    first = add_lora(tiny_model, config)
+    second = add_lora(tiny_model, lora_config(r=4, model=tiny_model))  # the cell run again
+    assert count_parameters(first) == count_parameters(second)
+    assert sum("lora_A" in n for n, _ in second.named_parameters()) == sum(
+        "lora_A" in n for n, _ in first.named_parameters()
+    )
+    assert not any("lora" in name for name, _ in tiny_model.named_modules())

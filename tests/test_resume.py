@@ -129,3 +129,15 @@ def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_p
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and "resuming" not in out
     assert results.read_bytes() == interrupted
+
+
+def test_int8_generation_can_use_the_cache(tiny_model, tokenizer, data_dir, tmp_path):
+    from lab_utils.inference import prepare_for_inference
+    from lab_utils.models import fingerprint
+
+    quantized = prepare_for_inference(tiny_model, "int8")
+    assert fingerprint(quantized) != fingerprint(tiny_model)  # a different model: its own cache key
+    dialogues = _dialogues(data_dir)
+    first = summarize(quantized, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl")
+    again = summarize(quantized, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl")
+    assert first == again and len((tmp_path / "q.jsonl").read_text().splitlines()) == 3
