@@ -69,3 +69,10 @@ def test_reports_and_tables(cells):
     assert "original model unchanged: True" in _text(_outputs(cells, "# 5.5"))
     table = _text(_outputs(cells, "# 5.3 The ROUGE table"))
     assert all(name in table for name in ("original", "instruct", "peft", "PEFT MODEL over ORIGINAL MODEL"))
+
+
+def test_headless_parameter_reached_the_notebook(cells):
+    # tests/run_all.sh runs `python -m lab_utils run -p EVAL_DIALOGUES 8`: papermill injected it
+    injected = [c for c in cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected and "EVAL_DIALOGUES = 8" in "".join(injected[0]["source"])
+    assert "8 dialogues, 24 test rows" in _text(_outputs(cells, "# 3.5 The ROUGE table"))
