@@ -56,11 +56,12 @@ class Sizes:
 
     model: dict  # T5Config values
     rows: int = 24  # (a) test rows, i.e. 8 dialogues of 3 rows each
-    max_new_tokens: int = 16  # (a, d, f) generated tokens per summary, fixed (min = max)
+    eval_new_tokens: int = 200  # (a) generated tokens per summary, fixed (min = max): the course's max_new_tokens
+    max_new_tokens: int = 16  # (d, f) generated tokens per summary, fixed (min = max)
     eval_batch_size: int = 8  # (a, d, f) summarize's batch
     batch_size: int = 2  # (b, e) training batch, the same for both preprocessings (pad-512 x 8 needs > 24 GB)
     lora_batch_size: int = 8  # (c) the lab's training batch
-    steps: int = 3  # measured training steps, after one warm-up step
+    steps: int = 2  # measured training steps, after one warm-up step (a course-padded step takes minutes)
     pad_length: int = 512  # (b) the course's padding="max_length" (flan-t5's model_max_length)
     max_source_length: int = 512  # the course's input limit
     max_target_length: int = 128  # the course profile's label limit
@@ -331,7 +332,7 @@ def measure_evaluation(sizes: dict, tokenizer_dir: str, test_dialogues: list[str
 
     sz = Sizes(**sizes)
     model, tokenizer = _build_model(sz.model), _load_tokenizer(tokenizer_dir)
-    gen = _fixed_length(sz.max_new_tokens)
+    gen = _fixed_length(sz.eval_new_tokens)
     limit = sz.max_source_length
     # warm-up of both paths (one-off allocations), on the first dialogue
     _course_generate(model, tokenizer, test_dialogues[:1], gen, limit)
@@ -509,6 +510,7 @@ def default_sizes(smoke: bool) -> Sizes:
         model=tiny,
         rows=6,
         max_new_tokens=4,
+        eval_new_tokens=4,
         eval_batch_size=4,
         batch_size=2,
         lora_batch_size=2,
@@ -547,7 +549,7 @@ def run(args) -> dict:
     from .data import load_dialogsum_csv
 
     sizes = default_sizes(args.smoke)
-    for flag in ("rows", "batch_size", "lora_batch_size", "steps", "max_new_tokens", "threads"):
+    for flag in ("rows", "batch_size", "lora_batch_size", "steps", "eval_new_tokens", "max_new_tokens", "threads"):
         value = getattr(args, flag)
         if value is not None:
             if value < (0 if flag == "threads" else 1):
@@ -591,7 +593,7 @@ def run(args) -> dict:
         lora_examples = typical_examples(tokenizer, pool, n_lora)
         sz = dataclasses.asdict(sizes)
         if "a" in parts:
-            _start("a", f"{len(rows)} test rows ({len(unique)} dialogues), {sizes.max_new_tokens} new tokens each")
+            _start("a", f"{len(rows)} test rows ({len(unique)} dialogues), {sizes.eval_new_tokens} new tokens each")
             r = run_isolated("measure_evaluation", threads, sizes=sz, tokenizer_dir=tok_dir, test_dialogues=rows)
             r["speedup"] = _ratio(r["course_s"], r["ours_s"])
             report["a"] = r
@@ -823,8 +825,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, help="(a) test rows, 3 per dialogue (default 24)")
     parser.add_argument("--batch-size", type=int, help="(b, e) training batch for both preprocessings (default 2)")
     parser.add_argument("--lora-batch-size", type=int, help="(c) training batch (default 8)")
-    parser.add_argument("--steps", type=int, help="measured training steps after a warm-up step (default 3)")
-    parser.add_argument("--max-new-tokens", type=int, help="(a, d, f) generated tokens per summary (default 16)")
+    parser.add_argument("--steps", type=int, help="measured training steps after a warm-up step (default 2)")
+    parser.add_argument(
+        "--eval-new-tokens", type=int, help="(a) generated tokens per summary (default 200, the course's)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, help="(d, f) generated tokens per summary (default 16)")
     parser.add_argument("--threads", type=int, help="torch threads per measuring process (default: all cores)")
     parser.add_argument("--data-dir", help="DialogSum CSV folder (default: the offline profile's LAB_DATA_DIR)")
     parser.add_argument("--json", help="write every measured number to this file")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import boto3
@@ -39,6 +40,9 @@ from tqdm.auto import tqdm
 from urllib3.exceptions import ProtocolError
 
 from .errors import LabError
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 # Multipart size used for our own uploads; also the first guess when re-computing a
 # multipart ETag (it is MD5 of the part MD5s, so it depends on the part size).
@@ -559,7 +563,9 @@ def _download_one(client, bucket: str, key: str, head: dict, dest: Path, bar, ur
             tag.unlink(missing_ok=True)
 
 
-def pull_checkpoint(s3_uri: str, local_path: str | os.PathLike, client=None, anonymous: bool = False) -> Path:
+def pull_checkpoint(
+    s3_uri: str, local_path: str | os.PathLike, client: BaseClient | None = None, anonymous: bool = False
+) -> Path:
     """Download one object, or every object under a prefix ending in "/", to `local_path`."""
     bucket, key = parse_s3_uri(s3_uri)
     client = client or s3_client(anonymous=anonymous)
@@ -640,7 +646,7 @@ def _head_or_none(client, bucket: str, key: str) -> dict | None:
         raise
 
 
-def push_checkpoint(local_path: str | os.PathLike, s3_uri: str, client=None) -> list[str]:
+def push_checkpoint(local_path: str | os.PathLike, s3_uri: str, client: BaseClient | None = None) -> list[str]:
     """Upload a file, or a folder recursively under the prefix; returns the keys uploaded."""
     bucket, key = parse_s3_uri(s3_uri)
     local = Path(local_path)

@@ -87,7 +87,9 @@ def split_sizes(dataset: DatasetDict) -> dict[str, int]:
     return {name: len(split) for name, split in dataset.items()}
 
 
-def tokenize_function(batch: dict, tokenizer, max_source_length: int, max_target_length: int) -> dict:
+def tokenize_function(
+    batch: dict, tokenizer: PreTrainedTokenizerBase, max_source_length: int, max_target_length: int
+) -> dict:
     """Prompt + tokenize a batch of examples; no padding here (the collator pads each batch)."""
     model_inputs = tokenizer(
         [build_prompt(d) for d in batch["dialogue"]], truncation=True, max_length=max_source_length
@@ -97,7 +99,7 @@ def tokenize_function(batch: dict, tokenizer, max_source_length: int, max_target
     return model_inputs
 
 
-def tokenize_dataset(dataset: DatasetDict, tokenizer, settings: Settings) -> DatasetDict:
+def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, settings: Settings) -> DatasetDict:
     """Tokenize every split, keeping only `input_ids`, `attention_mask` and `labels`."""
     columns = dataset[next(iter(dataset))].column_names
     return dataset.map(

@@ -15,8 +15,13 @@ import torch
 from .errors import LabError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import evaluate
     import pandas as pd
+    from transformers import PreTrainedTokenizerBase
+
+    from .config import Settings
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 RESULTS_COLUMNS = (
@@ -27,7 +32,7 @@ RESULTS_COLUMNS = (
 )
 
 
-def generation_kwargs(settings) -> dict:
+def generation_kwargs(settings: Settings) -> dict:
     """Greedy decoding settings for this profile (the course: greedy, up to 200 new tokens)."""
     kwargs = {"max_new_tokens": settings.max_new_tokens, "num_beams": 1, "do_sample": False}
     if settings.no_repeat_ngram_size:
@@ -48,9 +53,9 @@ def _check_dialogues(dialogues) -> list[str]:
 
 
 def summarize(
-    model,
-    tokenizer,
-    dialogues,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    dialogues: str | Sequence[str],
     gen_kwargs: dict,
     batch_size: int = 8,
     max_source_length: int = 512,
@@ -200,7 +205,9 @@ def load_rouge(hub: bool | None = None) -> OfflineRouge | evaluate.EvaluationMod
     return OfflineRouge()
 
 
-def compute_rouge(predictions, references, rouge=None) -> dict[str, float]:
+def compute_rouge(
+    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+) -> dict[str, float]:
     """Mean ROUGE F-measure per metric (stemming on), as the course reported it."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
@@ -280,7 +287,9 @@ def write_results_file(path: str | Path, columns: dict[str, list[str]], extra: d
     return path
 
 
-def score_results_file(frame, model_columns=RESULTS_COLUMNS[1:], rouge=None) -> dict[str, dict[str, float]]:
+def score_results_file(
+    frame: pd.DataFrame, model_columns: Sequence[str] = RESULTS_COLUMNS[1:], rouge: OfflineRouge | None = None
+) -> dict[str, dict[str, float]]:
     """ROUGE of each model column of a results file against `human_baseline_summaries`."""
     refs = frame["human_baseline_summaries"].tolist()
     return {
@@ -325,12 +334,16 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def rouge_course_comparable(predictions, references, rouge=None) -> dict[str, float]:
+def rouge_course_comparable(
+    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+) -> dict[str, float]:
     """The course's numbers: per row, stemming, no sentence splitting, mean F-measure (same as `compute_rouge`)."""
     return compute_rouge(predictions, references, rouge=rouge)
 
 
-def rouge_sentence_split(predictions, references, rouge=None) -> dict[str, float]:
+def rouge_sentence_split(
+    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+) -> dict[str, float]:
     """Mean ROUGE with a newline between sentences, as the HF summarization example does (only rougeLsum changes)."""
 
     def split(text: str) -> str:
@@ -365,7 +378,7 @@ def rouge_multi_reference(
 _ID = re.compile(r"^(.+)_(\d+)$")
 
 
-def dialogue_groups(frame) -> list[list[int]]:
+def dialogue_groups(frame: pd.DataFrame) -> list[list[int]]:
     """Row positions per dialogue, from ids like `test_<n>_<j>`; without `id`, consecutive rows in threes."""
     n = len(frame)
     if n == 0:

@@ -54,7 +54,7 @@ class BF16Autocast(torch.nn.Module):
             return getattr(super().__getattr__("model"), name)
 
 
-def quantize_int8(model):
+def quantize_int8(model: torch.nn.Module):
     """An int8 copy of `model`: every `nn.Linear` dynamically quantized (weights int8, activations per batch)."""
     from torch.ao.quantization import quantize_dynamic
 
@@ -66,7 +66,7 @@ def quantize_int8(model):
         return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def prepare_for_inference(model, mode: str = "fp32"):
+def prepare_for_inference(model: torch.nn.Module, mode: str = "fp32"):
     """The model to pass to `summarize`: unchanged (fp32), an int8 copy, or a bf16-autocast wrapper.
 
     The caller's model is never modified. bf16 falls back to fp32 (with a warning) on CPUs without bf16

@@ -126,14 +126,14 @@ def load_original_model(settings: Settings, progress: bool = True) -> tuple[PreT
     return load_model(settings.model_path_or_id), load_tokenizer(settings)
 
 
-def count_parameters(model) -> tuple[int, int]:
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, all) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
 
-def parameter_report(model) -> str:
+def parameter_report(model: torch.nn.Module) -> str:
     """The course's three-line report: trainable, all, and percentage of trainable parameters."""
     trainable, total = count_parameters(model)
     return (
@@ -143,7 +143,7 @@ def parameter_report(model) -> str:
     )
 
 
-def fingerprint(model) -> str:
+def fingerprint(model: torch.nn.Module) -> str:
     """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):

@@ -22,7 +22,7 @@ from .errors import LabError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from transformers import T5TokenizerFast
+    from transformers import PreTrainedTokenizerBase, T5TokenizerFast
 
 # The architecture of google/flan-t5-base, from its public config.json (used by tests: no download).
 FLAN_T5_BASE_CONFIG = dict(
@@ -122,8 +122,8 @@ def span_corrupt(
 
 
 def pretrain_span_corruption(
-    model,
-    tokenizer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     steps: int,
     batch_size: int = 32,

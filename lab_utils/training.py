@@ -10,7 +10,8 @@ import torch
 from .data import make_collator
 
 if TYPE_CHECKING:
-    from transformers import Seq2SeqTrainer
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase, Seq2SeqTrainer, Trainer
 
 
 def world_size() -> int:
@@ -28,15 +29,15 @@ def is_main_process() -> bool:
 
 
 def make_trainer(
-    model,
-    tokenizer,
-    train_dataset,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
     output_dir: str | Path,
     learning_rate: float,
     max_steps: int,
     batch_size: int = 8,
     seed: int = 42,
-    eval_dataset=None,
+    eval_dataset: Dataset | None = None,
     logging_steps: int = 1,
     warmup_ratio: float = 0.0,
     lr_scheduler: str = "linear",
@@ -79,6 +80,6 @@ def make_trainer(
     )
 
 
-def loss_history(trainer) -> list[tuple[int, float]]:
+def loss_history(trainer: Trainer) -> list[tuple[int, float]]:
     """(step, training loss) pairs from the trainer's log."""
     return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
