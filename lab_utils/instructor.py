@@ -85,10 +85,28 @@ def run_instructor(
     out.mkdir(parents=True, exist_ok=True)
     original, tokenizer = load_original_model(settings, progress=progress)
     meta_path = out / "run.json"
-    meta = {"profile": settings.profile, "model_id": settings.model_id, "original_fingerprint": fingerprint(original)}
+    # what the run's results depend on: a change to any of these makes the earlier stages stale
+    recipe = (
+        "max_source_length",
+        "max_target_length",
+        "max_new_tokens",
+        "no_repeat_ngram_size",
+        "train_batch_size",
+        "instructor_full_steps",
+        "instructor_lora_steps",
+        "instructor_full_lr",
+        "instructor_lora_lr",
+        "seed",
+    )
+    meta = {
+        "profile": settings.profile,
+        "model_id": settings.model_id,
+        "original_fingerprint": fingerprint(original),
+        **{k: getattr(settings, k) for k in recipe},
+    }
     if is_main_process() and meta_path.is_file() and json.loads(meta_path.read_text()) != meta:
-        # the original model changed (e.g. the offline stand-in was rebuilt): earlier stages no longer match it
-        print(f"The original model changed since the run in {out}; starting that run afresh.")
+        # the original model (e.g. a rebuilt stand-in) or the recipe changed: earlier stages no longer match
+        print(f"The original model or the training settings changed since the run in {out}; starting it afresh.")
         shutil.rmtree(out)
         out.mkdir(parents=True)
     if is_main_process():

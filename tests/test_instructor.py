@@ -60,3 +60,11 @@ def test_cli_reports_bad_configuration_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: `LAB_DATA_DIR`='/nonexistent/dialogsum' is not a folder")
     assert "Traceback" not in err
+
+
+def test_changed_training_settings_start_the_run_afresh(tiny_settings, capsys):
+    publish_run(tiny_settings, upload=False, progress=False)
+    capsys.readouterr()
+    publish_run(tiny_settings.replace(instructor_lora_steps=4), upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "training settings changed" in out and "Training the LoRA adapter: 4 steps" in out
