@@ -61,11 +61,11 @@ def _bucket() -> str:
     return f"faults-{uuid.uuid4().hex[:10]}"
 
 
-def _random_object(server: LocalS3, tmp_path: Path, size: int) -> tuple[bytes, str, Path]:
-    """Random bytes put as s3://<fresh bucket>/m.bin; returns them, the URI and the local destination."""
+def _random_object(server: LocalS3, tmp_path: Path, size: int) -> tuple[bytes, str, str, Path]:
+    """Random bytes put as s3://<fresh bucket>/m.bin; returns them, the bucket, the URI and the local destination."""
     data, bucket = os.urandom(size), _bucket()
     _put(server.endpoint_url, bucket, "m.bin", data)
-    return data, f"s3://{bucket}/m.bin", tmp_path / "m.bin"
+    return data, bucket, f"s3://{bucket}/m.bin", tmp_path / "m.bin"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_server_killed_mid_download_resumes_on_next_run(tmp_path, monkeypatch, c
 def test_truncated_body_is_never_renamed_and_next_run_succeeds(tmp_path, local_s3, monkeypatch):
     """2. Every response is cut after 200 kB (shorter than its Content-Length): retries make some progress but
     give up with an 'interrupted' error; the next run without the fault completes it."""
-    data, uri, dest = _random_object(local_s3, tmp_path, 2 * MB)
+    data, bucket, uri, dest = _random_object(local_s3, tmp_path, 2 * MB)
     with FaultProxy(local_s3.port) as proxy:
         proxy.per_conn = 200_000
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
@@ -188,11 +188,7 @@ def test_object_replaced_between_head_and_ranged_get(tmp_path, local_s3, monkeyp
 @pytest.mark.parametrize("sidecar", ["right-etag", "none"])
 def test_garbage_part_is_never_renamed(tmp_path, local_s3, sidecar):
     """A .part with wrong bytes (even one claiming the right ETag) never becomes the file: it is restarted."""
-    data = os.urandom(500_000)
-    bucket = _bucket()
-    uri = f"s3://{bucket}/m.bin"
-    _put(local_s3.endpoint_url, bucket, "m.bin", data)
-    dest = tmp_path / "m.bin"
+    data, bucket, uri, dest = _random_object(local_s3, tmp_path, 500_000)
     _part(dest).write_bytes(os.urandom(200_000))
     if sidecar == "right-etag":
         etag = s3_client().head_object(Bucket=bucket, Key="m.bin")["ETag"]
@@ -269,11 +265,7 @@ def test_upload_is_verified(tmp_path, local_s3, monkeypatch, lie):
 
 def test_interrupt_keeps_part_for_resume(tmp_path, local_s3, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) mid-download keeps the .part (a prefix of the object); the next run resumes."""
-    data = os.urandom(600_000)
-    bucket = _bucket()
-    uri = f"s3://{bucket}/m.bin"
-    _put(local_s3.endpoint_url, bucket, "m.bin", data)
-    dest = tmp_path / "m.bin"
+    data, bucket, uri, dest = _random_object(local_s3, tmp_path, 600_000)
     client = s3_client()
     real = client.download_fileobj
 
@@ -297,7 +289,7 @@ def test_transient_fault_is_retried_within_the_same_run(tmp_path, local_s3, monk
     from the bytes on disk, and succeeds."""
     from botocore.config import Config
 
-    data, uri, dest = _random_object(local_s3, tmp_path, 2 * MB)
+    data, bucket, uri, dest = _random_object(local_s3, tmp_path, 2 * MB)
     with FaultProxy(local_s3.port) as proxy:
         proxy.budget = 900_000
         proxy.refuse_after_budget = False  # a single fault, then the network is fine again
@@ -305,7 +297,7 @@ def test_transient_fault_is_retried_within_the_same_run(tmp_path, local_s3, monk
         client = s3_client()
         if case == "resumed":  # an earlier run left 300 kB of this same object version
             _part(dest).write_bytes(data[:300_000])
-            etag = client.head_object(Bucket=uri.split("/")[2], Key="m.bin")["ETag"]
+            etag = client.head_object(Bucket=bucket, Key="m.bin")["ETag"]
             dest.with_name(dest.name + ".part.etag").write_text(etag)
             proxy.heal()
             proxy.budget, proxy.refuse_after_budget = 900_000, False
