@@ -38,7 +38,8 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "notebook_full_steps": 2,  # the notebook's short full fine-tune (the course ran 1 step)
         "notebook_lora_steps": 2,
         "train_batch_size": 8,
-        "eval_batch_size": 8,
+        "gradient_checkpointing": False,  # True: recompute activations in backward (less memory, ~1/3 more time)
+        "eval_batch_size": 16,  # the notebook's 10 dialogues in one batch; bench part (a) measures this batch
         "eval_dialogues": 10,  # test dialogues scored live in the notebook
         "full_lr": 1e-5,  # the course's learning rates
         "lora_lr": 1e-3,
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "notebook_full_steps": 10,
         "notebook_lora_steps": 10,
         "train_batch_size": 32,
+        "gradient_checkpointing": False,
         "eval_batch_size": 32,
         "eval_dialogues": 10,
         "full_lr": 1e-5,
@@ -98,6 +100,7 @@ class Settings:
     notebook_full_steps: int
     notebook_lora_steps: int
     train_batch_size: int
+    gradient_checkpointing: bool
     eval_batch_size: int
     eval_dialogues: int
     full_lr: float

@@ -42,6 +42,7 @@ def _train_and_save(model, tokenizer, train, out: Path, lr: float, steps: int, s
         batch_size=settings.train_batch_size,
         seed=settings.seed,
         warmup_ratio=0.05,
+        gradient_checkpointing=settings.gradient_checkpointing,
         logging_steps=max(1, steps // 20),
     )
     trainer.train()

@@ -53,6 +53,43 @@ def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_
     assert not any("lora" in name for name, _ in tiny_model.named_modules())
 
 
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, data_dir, tmp_path):
+    """LAB_GRADIENT_CHECKPOINTING trades time for memory only: same losses, same trained weights."""
+    import copy
+
+    from lab_utils.config import load_settings
+    from lab_utils.data import load_dialogsum_csv, tokenize_dataset
+    from lab_utils.training import loss_history, make_trainer
+
+    train = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, load_settings("offline"))["train"]
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # LoRA's A matrices start random: the same start for both runs
+        model = (
+            copy.deepcopy(tiny_model) if kind == "full" else add_lora(tiny_model, lora_config(r=4, model=tiny_model))
+        )
+        trainer = make_trainer(
+            model,
+            tokenizer,
+            train,
+            tmp_path / str(checkpointing),
+            learning_rate=1e-2,
+            max_steps=3,
+            batch_size=4,
+            gradient_checkpointing=checkpointing,
+        )
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        runs.append(([loss for _, loss in loss_history(trainer)], trained))
+    (losses, weights), (losses_ck, weights_ck) = runs
+    assert losses == pytest.approx(losses_ck, rel=1e-4)  # dropout masks are replayed in the recomputation
+    assert weights.keys() == weights_ck.keys()
+    for name in weights:
+        torch.testing.assert_close(weights[name], weights_ck[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_adapter_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
     from peft import PeftModel
 
