@@ -93,7 +93,9 @@ def summarize(
         from .models import fingerprint
 
         # the cache is valid only for the same prompts, model weights and generation settings
-        key = json.dumps([prompts, batch_size, max_source_length, sorted(gen_kwargs.items()), fingerprint(model)])
+        # (and the same way of encoding: chunks of similar length, whose last bits may differ from one batch pass)
+        settings = [batch_size, max_source_length, sorted(gen_kwargs.items()), "encoder-chunks"]
+        key = json.dumps([prompts, *settings, fingerprint(model)])
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
         done = _open_generation_cache(Path(cache), key, [len(b) for b in batches])
         if done:
@@ -139,13 +141,62 @@ def _generate_batches(
                     truncation=True,
                     max_length=max_source_length,
                 ).to(device)
-                out = model.generate(**enc, **gen_kwargs)
+                out = model.generate(**_encoded_inputs(model, tokenizer, enc), **gen_kwargs)
                 texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
                 if on_batch is not None:
                     on_batch(b, texts)
             for i, text in zip(idx, texts):
                 summaries[i] = text
             bar.update(1)
+
+
+ENCODE_MAX_CHUNK = 8  # prompts per encoder pass at most
+ENCODE_MAX_PADDING = 0.1  # a chunk grows while its padding stays under this share of its tokens
+
+
+def encoder_chunks(lengths: Sequence[int]) -> list[range]:
+    """Split a batch sorted by decreasing prompt length into chunks whose padding stays under ENCODE_MAX_PADDING.
+
+    A batch is padded to its longest prompt, and a test set's dialogues differ a lot in length (the first 16 of
+    DialogSum's test split: 125 to 489 tokens), so encoding a batch at once spends about half of the encoder's work on
+    padding (and more of its attention); encoding it in chunks of similar length spends almost none.
+    """
+    chunks, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and end - start < ENCODE_MAX_CHUNK:
+            longest, total = lengths[start], sum(lengths[start : end + 1])
+            if longest * (end + 1 - start) > (1 + ENCODE_MAX_PADDING) * total:
+                break
+            end += 1
+        chunks.append(range(start, end))
+        start = end
+    return chunks
+
+
+def _encoded_inputs(model, tokenizer, enc) -> dict:
+    """`generate`'s inputs with the encoder already run chunk by chunk (see `encoder_chunks`): each chunk is padded to
+    its own longest prompt, then the outputs are laid out at the batch's length; the padding stays masked."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    if (
+        not hasattr(model, "get_encoder")
+        or tokenizer.padding_side != "right"
+        or lengths != sorted(lengths, reverse=True)
+    ):
+        return dict(enc)  # not an encoder-decoder, or not the layout assumed here: generate encodes the batch
+    encoder = model.get_encoder()
+    hidden = None
+    for chunk in encoder_chunks(lengths):
+        width = lengths[chunk.start]
+        rows = slice(chunk.start, chunk.stop)
+        out = encoder(input_ids=enc["input_ids"][rows, :width], attention_mask=enc["attention_mask"][rows, :width])
+        states = out.last_hidden_state
+        if hidden is None:
+            hidden = states.new_zeros((len(lengths), enc["input_ids"].shape[1], states.shape[-1]))
+        hidden[rows, :width] = states
+    return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "attention_mask": enc["attention_mask"]}
 
 
 def _open_generation_cache(path: Path, key: str, sizes: list[int]) -> dict[int, list[str]]:

@@ -46,6 +46,16 @@ class BF16Autocast(torch.nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model.generate(*args, **kwargs)
 
+    def get_encoder(self):
+        """The wrapped model's encoder, run under the same autocast (`summarize` encodes before generating)."""
+        encoder = self.model.get_encoder()
+
+        def encode(*args, **kwargs):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return encoder(*args, **kwargs)
+
+        return encode
+
     def __getattr__(self, name):
         # `config`, `generation_config`, `device`, ...: whatever the wrapped model has
         try:

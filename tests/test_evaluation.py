@@ -32,6 +32,60 @@ def test_batched_deduplicated_generation_equals_one_at_a_time(tiny_model, tokeni
     assert all(s for s in batched)
 
 
+def test_encoder_chunks_pad_little_and_cover_the_batch():
+    from lab_utils.evaluation import ENCODE_MAX_CHUNK, ENCODE_MAX_PADDING, encoder_chunks
+
+    # the first 16 test dialogues' prompt lengths (stand-in tokenizer), sorted as summarize sorts them
+    lengths = [489, 428, 328, 245, 238, 237, 235, 211, 196, 194, 193, 188, 188, 187, 180, 125]
+    chunks = encoder_chunks(lengths)
+    assert [i for c in chunks for i in c] == list(range(len(lengths)))  # every prompt once, in order
+    for c in chunks:
+        longest, total = lengths[c.start], sum(lengths[i] for i in c)
+        assert len(c) <= ENCODE_MAX_CHUNK and longest * len(c) <= (1 + ENCODE_MAX_PADDING) * total
+    padded = sum(lengths[c.start] * len(c) for c in chunks)
+    assert padded < 1.1 * sum(lengths) < 0.6 * lengths[0] * len(lengths)  # vs ~2x work padding the batch at once
+    # by hand: 489+428 pad 6.6%; 328 alone (3 x 489 > 1.1 x 1245); 245..196 pad 7.9%; 194..125 pad 8.2%
+    assert [len(c) for c in chunks] == [2, 1, 6, 7]
+    assert encoder_chunks([100] * 20) == [range(0, 8), range(8, 16), range(16, 20)]
+    assert encoder_chunks([]) == []
+
+
+@pytest.mark.parametrize("wrap", ["plain", "lora", "bf16"])
+def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model, tokenizer, data_dir, monkeypatch):
+    """Encoding a batch in chunks of similar length changes the work, not the summaries."""
+    from lab_utils import evaluation
+    from lab_utils.data import load_dialogsum_csv
+
+    model = tiny_model
+    if wrap == "lora":
+        import torch
+
+        from lab_utils.models import add_lora, lora_config
+
+        model = add_lora(tiny_model, lora_config(r=4, model=tiny_model))
+        with torch.no_grad():  # a LoRA update that changes the outputs, so the adapter is part of the check
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.5)
+    elif wrap == "bf16":
+        from lab_utils.inference import prepare_for_inference
+
+        monkeypatch.setattr("lab_utils.inference.cpu_supports_bf16", lambda: True)
+        model = prepare_for_inference(tiny_model, "bf16")
+    test = list(dict.fromkeys(load_dialogsum_csv(data_dir)["test"]["dialogue"]))
+    lines = [line for d in test for line in d.splitlines()]
+    dialogues = ["\n".join(lines[i : i + 2 * i + 1]) for i in range(6)]  # 1 to 11 turns: very different lengths
+    gen = dict(GEN, max_new_tokens=12, min_new_tokens=12)
+    calls = []
+    real = evaluation.encoder_chunks
+    monkeypatch.setattr(evaluation, "encoder_chunks", lambda lengths: calls.append(lengths) or real(lengths))
+    chunked = summarize(model, tokenizer, dialogues, gen, batch_size=6, progress=False)
+    assert len(calls) == 1 and len(real(calls[0])) > 1  # the batch was really encoded in several chunks
+    monkeypatch.setattr(evaluation, "_encoded_inputs", lambda model, tokenizer, enc: dict(enc))
+    whole = summarize(model, tokenizer, dialogues, gen, batch_size=6, progress=False)
+    assert chunked == whole
+
+
 @pytest.mark.parametrize(("bad", "message"), [(["ok", 3], "dialogue #1 is a int"), (["  "], "dialogue #0 is empty")])
 def test_summarize_rejects_bad_dialogues(bad, message, tiny_model, tokenizer):
     with pytest.raises(LabError, match=message):
