@@ -61,9 +61,17 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     if f["bf16_supported"]:
         assert f["bf16_speedup"] == pytest.approx(f["fp32_s"] / f["bf16_s"])
     assert c["lora_trainable"] < c["parameters"]
-    assert [t["part"] for t in report["targets"]] == ["a", "b", "c"]
+    ck = c["checkpointing"]
+    assert ck["memory_ratio"] == pytest.approx(ck["lora_peak_rss_mb"] / ck["full_peak_rss_mb"])
+    assert c["memory_ratio_checkpointing"] == ck["memory_ratio"]
+    # gradient checkpointing keeps fewer activations for the backward pass, for both kinds of training
+    assert ck["full_activations_mb"] < c["full_activations_mb"]
+    assert ck["lora_activations_mb"] < c["lora_activations_mb"]
+    assert set(report["part_s"]) == set(bench.PARTS)
+    keys = [(t["part"], t["key"]) for t in report["targets"]]
+    assert keys == [("a", "speedup"), ("b", "speedup"), ("c", "memory_ratio"), ("c", "memory_ratio_checkpointing")]
     for t in report["targets"]:
-        assert t["measured"] == pytest.approx(report[t["part"]][{"c": "memory_ratio"}.get(t["part"], "speedup")])
+        assert t["measured"] == pytest.approx(report[t["part"]][t["key"]])
 
 
 def test_bench_rejects_unknown_part(capsys):
