@@ -7,7 +7,8 @@ process, so one part's memory never shows up in another's numbers, and each proc
 zero (random weights produce them in the backward pass, where x86 CPUs compute them in slow microcode). Parts:
 
   a  evaluation: the course's loop (each test row generated alone) vs `summarize` (unique dialogues, batched)
-  b  training step: the course's padding (512 / 512, labels padded with 0) vs dynamic padding with -100
+  b  training step: the course's padding (512 / 512, labels padded with 0) vs dynamic padding with -100; and ours
+     under bf16 autocast, where the CPU has bf16 instructions
   c  LoRA (r=32, q,v) vs full fine-tuning: time per step, peak resident memory and the activations kept for the
      backward pass, without and with gradient checkpointing (on both sides)
   d  inference memory: base model + LoRA adapter (`PeftModel.from_pretrained`) vs the full model alone
@@ -302,11 +303,12 @@ def _weights_per_token(model) -> tuple[int, int]:
     return encoder, decoder
 
 
-def _time_steps(model, batches: list[dict], lr: float, saved: dict | None = None) -> list[float]:
+def _time_steps(model, batches: list[dict], lr: float, saved: dict | None = None, bf16: bool = False) -> list[float]:
     """Seconds per training step (forward, backward, clip, AdamW, zero_grad) for each batch; the first warms up.
 
     With `saved` (a dict), the first step also records in saved["bytes"] the tensors autograd keeps for the
-    backward pass, weights left out and each storage counted once: the activation memory of one step.
+    backward pass, weights left out and each storage counted once: the activation memory of one step. With `bf16`,
+    the forward pass runs under CPU bf16 autocast (weights and optimizer stay fp32).
     """
     import contextlib
 
@@ -321,7 +323,7 @@ def _time_steps(model, batches: list[dict], lr: float, saved: dict | None = None
         if saved is not None and i == 0:
             hooks = _count_saved_tensors(saved, skip={p.untyped_storage().data_ptr() for p in model.parameters()})
         t0 = time.perf_counter()
-        with hooks:
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Trainer's max_grad_norm
@@ -417,6 +419,11 @@ def measure_training_step(
     measured = batches[1:]
     result["ours_step_s"] = statistics.median(times[1:])
     result["ours_tokens_per_step"] = statistics.mean(b["input_ids"].numel() + b["labels"].numel() for b in measured)
+    from .inference import cpu_supports_bf16
+
+    result["bf16_supported"] = cpu_supports_bf16()
+    if result["bf16_supported"]:  # emulated bf16 (no bf16 instructions) is slower than fp32: not worth measuring
+        result["ours_bf16_step_s"] = statistics.median(_time_steps(model, batches, lr=1e-5, bf16=True)[1:])
     if flops:
         counts = [_batch_tokens(b, tokenizer.pad_token_id) for b in measured]
         inputs, labels = sum(c[0] for c in counts), sum(c[1] for c in counts)
@@ -666,11 +673,17 @@ def run(args) -> dict:
             )
             if "b" in parts:
                 r["speedup"] = _ratio(r["course_step_s"], r["ours_step_s"])
+                r["bf16_speedup"] = _ratio(r["ours_step_s"], r.get("ours_bf16_step_s"))
                 report["b"] = {k: v for k, v in r.items() if "flops" not in k}
                 print(
                     f"    course {r['course_step_s']:.2f} s/step ({r['course_tokens_per_step']:.0f} tokens), "
                     f"ours {r['ours_step_s']:.2f} s/step ({r['ours_tokens_per_step']:.0f} tokens): {r['speedup']:.1f}x"
                 )
+                if r["bf16_speedup"]:
+                    bf16 = r["ours_bf16_step_s"]
+                    print(f"    ours with bf16 autocast {bf16:.2f} s/step: {r['bf16_speedup']:.2f}x faster than fp32")
+                else:
+                    print("    bf16 training skipped (this CPU has no bf16 instructions)")
             if "e" in parts:
                 if what == "b":
                     _start("e", "(measured in part b's process)")
@@ -866,6 +879,7 @@ def summary_table(report: dict) -> list[str]:
     a, b, c, d, e, f = (report.get(p) or {} for p in PARTS)
     add("a", "evaluation speed-up (course loop / summarize)", a.get("speedup"))
     add("b", "training-step speed-up (course padding / ours)", b.get("speedup"))
+    add("b", "training-step speed-up, ours with bf16 autocast / fp32", b.get("bf16_speedup"))
     add("c", "LoRA / full fine-tuning: time per step", c.get("step_ratio"))
     add("c", "LoRA / full fine-tuning: peak resident memory", c.get("memory_ratio"))
     ck = c.get("checkpointing") or {}

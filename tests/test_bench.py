@@ -50,6 +50,10 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     # every ratio is computed from the numbers reported next to it
     assert a["speedup"] == pytest.approx(a["course_s"] / a["ours_s"])
     assert b["speedup"] == pytest.approx(b["course_step_s"] / b["ours_step_s"])
+    if b["bf16_supported"]:
+        assert b["bf16_speedup"] == pytest.approx(b["ours_step_s"] / b["ours_bf16_step_s"])
+    else:
+        assert b["bf16_speedup"] is None and "bf16 training skipped" in proc.stdout
     assert c["step_ratio"] == pytest.approx(c["lora_step_s"] / c["full_step_s"])
     assert c["memory_ratio"] == pytest.approx(c["lora_peak_rss_mb"] / c["full_peak_rss_mb"])
     assert d["memory_ratio"] == pytest.approx(d["peft_peak_rss_mb"] / d["full_peak_rss_mb"])
