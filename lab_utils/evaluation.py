@@ -63,7 +63,8 @@ def summarize(
     desc: str = "Summarizing",
     cache: str | Path | None = None,
 ) -> list[str]:
-    """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches.
+    """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches, each
+    batch encoded in chunks of similar length (`encoder_chunks`) under `torch.inference_mode()`.
 
     With `cache` (a .jsonl file), every finished batch is appended to it; run again after a crash, the finished
     batches are read back and only the rest is generated. Batches are the same as in an uninterrupted run, so the
