@@ -47,8 +47,9 @@ def make_trainer(
     """A `Seq2SeqTrainer` with the course's weight decay, dynamic padding and -100 label padding.
 
     `gradient_checkpointing` keeps only each block's input for the backward pass and recomputes the rest: the
-    activations, which dominate training memory at batch 8, shrink several-fold for ~1/3 more time per step
-    (`python -m lab_utils.bench` measures both). Dropout masks are replayed, so the losses are the same.
+    activations (at batch 8 about as large as full fine-tuning's weights, gradients and AdamW state together) all but
+    vanish, for a somewhat longer step (`python -m lab_utils.bench`, part c, measures both). Dropout masks are
+    replayed, so the losses are the same.
     """
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
