@@ -713,11 +713,11 @@ def run(args) -> dict:
             report["c"] = _lora_vs_full(sz, threads, tok_dir, lora_examples, checkpointing=False)
             report["c"]["checkpointing"] = _lora_vs_full(sz, threads, tok_dir, lora_examples, checkpointing=True)
             report["c"]["memory_ratio_checkpointing"] = report["c"]["checkpointing"]["memory_ratio"]
+        infer = unique[: sizes.infer_dialogues]  # (d, f)
         if "d" in parts:
-            batch = unique[: sizes.infer_dialogues]
-            _start("d", f"load + summarize {len(batch)} dialogues, one process each")
+            _start("d", f"load + summarize {len(infer)} dialogues, one process each")
             run_isolated("save_models_for_inference", threads, sizes=sz, out_dir=str(work))
-            kw = dict(sizes=sz, tokenizer_dir=tok_dir, out_dir=str(work), dialogues=batch)
+            kw = dict(sizes=sz, tokenizer_dir=tok_dir, out_dir=str(work), dialogues=infer)
             full = run_isolated("measure_inference_memory", threads, peft=False, **kw)
             peft = run_isolated("measure_inference_memory", threads, peft=True, **kw)
             report["d"] = {
@@ -731,9 +731,8 @@ def run(args) -> dict:
                 f"{d['memory_ratio']:.2f}x"
             )
         if "f" in parts:
-            batch = unique[: sizes.infer_dialogues]
-            _start("f", f"{len(batch)} dialogues, {sizes.max_new_tokens} new tokens each, summarize")
-            r = run_isolated("measure_inference_modes", threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=batch)
+            _start("f", f"{len(infer)} dialogues, {sizes.max_new_tokens} new tokens each, summarize")
+            r = run_isolated("measure_inference_modes", threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=infer)
             r["int8_speedup"] = _ratio(r["fp32_s"], r["int8_s"])
             r["bf16_speedup"] = _ratio(r["fp32_s"], r.get("bf16_s"))
             r.pop("peak_rss_mb", None)
@@ -919,16 +918,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny model and a few examples (< 60 s)")
     parser.add_argument("--only", help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
-    parser.add_argument("--rows", type=int, help="(a) test rows, 3 per dialogue (default 24)")
-    parser.add_argument("--batch-size", type=int, help="(b, e) training batch for both preprocessings (default 2)")
-    parser.add_argument("--eval-batch-size", type=int, help="(a, d, f) summarize's batch (default 16)")
-    parser.add_argument("--lora-batch-size", type=int, help="(c) training batch (default 8)")
-    parser.add_argument("--steps", type=int, help="(b, e) measured training steps after a warm-up step (default 2)")
-    parser.add_argument("--lora-steps", type=int, help="(c) measured training steps after a warm-up step (default 1)")
+    default = {f.name: f.default for f in dataclasses.fields(Sizes)}
+    parser.add_argument("--rows", type=int, help=f"(a) test rows, 3 per dialogue (default {default['rows']})")
     parser.add_argument(
-        "--eval-new-tokens", type=int, help="(a) generated tokens per summary (default 200, the course's)"
+        "--batch-size",
+        type=int,
+        help=f"(b, e) training batch for both preprocessings (default {default['batch_size']})",
     )
-    parser.add_argument("--max-new-tokens", type=int, help="(d, f) generated tokens per summary (default 16)")
+    parser.add_argument(
+        "--eval-batch-size", type=int, help=f"(a, d, f) summarize's batch (default {default['eval_batch_size']})"
+    )
+    parser.add_argument(
+        "--lora-batch-size", type=int, help=f"(c) training batch (default {default['lora_batch_size']})"
+    )
+    parser.add_argument(
+        "--steps", type=int, help=f"(b, e) measured training steps after a warm-up step (default {default['steps']})"
+    )
+    parser.add_argument(
+        "--lora-steps",
+        type=int,
+        help=f"(c) measured training steps after a warm-up step (default {default['lora_steps']})",
+    )
+    parser.add_argument(
+        "--eval-new-tokens", type=int, help=f"(a) generated tokens per summary (default {default['eval_new_tokens']})"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, help=f"(d, f) generated tokens per summary (default {default['max_new_tokens']})"
+    )
     parser.add_argument("--threads", type=int, help="torch threads per measuring process (default: all cores)")
     parser.add_argument("--data-dir", help="DialogSum CSV folder (default: the offline profile's LAB_DATA_DIR)")
     parser.add_argument("--json", help="write every measured number to this file")

@@ -38,7 +38,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "notebook_full_steps": 2,  # the notebook's short full fine-tune (the course ran 1 step)
         "notebook_lora_steps": 2,
         "train_batch_size": 8,
-        "gradient_checkpointing": False,  # True: recompute activations in backward (less memory, ~1/3 more time)
+        "gradient_checkpointing": False,  # True: recompute activations in backward (less memory, longer steps)
         "eval_batch_size": 16,  # the notebook's 10 dialogues in one batch; bench part (a) measures this batch
         "eval_dialogues": 10,  # test dialogues scored live in the notebook
         "full_lr": 1e-5,  # the course's learning rates
