@@ -1,7 +1,9 @@
-"""Helpers for the Flan-T5 fine-tuning lab (lab2_fine_tune_peft.ipynb), one module per stage of the story:
-`config` (settings, profiles), `data` (DialogSum, prompt, tokenization), `models` (loading, parameter report,
-LoRA), `training` (Trainer), `checkpoints` (S3), `evaluation` (generation, ROUGE, results file),
-`offline` (the tiny stand-in model), `instructor` (the offline-trained checkpoints and results file).
+"""Helpers of the Flan-T5 fine-tuning lab (lab2_fine_tune_peft.ipynb): the plumbing the notebook does not teach.
+
+One module per step of the story: `config` (settings, profiles, banner), `data` (DialogSum, the prompt), `models`
+(parameter counts, fingerprint, checkpoint checks), `checkpoints` (pulling from S3), `evaluation` (batched generation,
+ROUGE, the results file), `plots` (the pictures), `errors` (one message per fixable problem). What serves only the
+instructor command, the benchmark and the offline world is in `backstage`.
 """
 
 from .errors import LabError

@@ -1,4 +1,4 @@
-"""Command line of the lab: `python -m lab_utils {settings,run,build-model,instructor}` (see README)."""
+"""Command line of the lab: `python -m lab_utils COMMAND` (`--help` lists the commands; see the README)."""
 
 from __future__ import annotations
 
@@ -41,11 +41,23 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
-    parser.add_argument("--profile", choices=["course", "offline"], help="overrides LAB_PROFILE")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("settings", help="print the settings this environment gives")
+def steps(text: str) -> int:
+    """A step count of at least 1 (argparse type): 0 and negative counts are refused, never taken as 'not given'."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} steps: give at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
+    p.add_argument("--profile", choices=["course", "offline"], help="overrides LAB_PROFILE")
+    sub = p.add_subparsers(dest="command", required=True)
+    settings = sub.add_parser("settings", help="print the settings this environment gives")
+    settings.add_argument("--markdown", action="store_true", help="the README's table of every setting")
     run = sub.add_parser("run", help="execute the notebook top to bottom (papermill), keeping the executed copy")
     run.add_argument(
         "-p",
@@ -57,42 +69,77 @@ def main(argv: list[str] | None = None) -> int:
         help="override a variable of the notebook's parameters cell, e.g. -p FULL_STEPS 5",
     )
     run.add_argument("--output", default=str(EXECUTED), help="where the executed notebook goes")
-    sub.add_parser("build-model", help="offline profile: build the tiny stand-in model (tokenizer + pretraining)")
+    build = sub.add_parser("build-model", help="offline: train the stand-in's tokenizer and pretrain it")
+    build.add_argument("--out", default="data/offline/flan-t5-tiny", help="folder to write (never a Hub id)")
     ins = sub.add_parser("instructor", help="train, evaluate the full test set, publish checkpoints + results to S3")
     ins.add_argument("--no-upload", action="store_true", help="keep the run on disk, do not publish it")
-    ins.add_argument("--full-steps", type=int, help="training steps of the full fine-tune")
-    ins.add_argument("--lora-steps", type=int, help="training steps of the LoRA adapter")
+    ins.add_argument("--full-steps", type=steps, help="training steps of the full fine-tune")
+    ins.add_argument("--lora-steps", type=steps, help="training steps of the LoRA adapter")
+    ins.add_argument("--topic-steps", type=steps, help="training steps of the topic adapter")
     ins.add_argument(
         "--fast-inference",
         choices=["fp32", "int8", "bf16"],
         default="fp32",
         help="generate the results file with int8 dynamic quantization or bf16 autocast (CPU)",
     )
-    args = parser.parse_args(argv)
+    rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
+    rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
+    rel.add_argument("--build-seconds", type=float, help="how long build-model took, recorded in the manifest")
+    rel.add_argument("--to", help="write the release here instead of lab_utils/backstage/release (a trial)")
+    summ = sub.add_parser("summarize", help="summarize dialogues with the original model, an adapter or a merged model")
+    which = summ.add_mutually_exclusive_group()
+    which.add_argument("--adapter", help="a LoRA adapter folder, loaded onto the original model (LAB_MODEL_ID)")
+    which.add_argument("--merged", help="a full model folder (e.g. a merged adapter, or the instruct model)")
+    summ.add_argument(
+        "input",
+        nargs="?",
+        default="-",
+        help="a text file (dialogues separated by a blank line), a CSV, or - for standard input (default)",
+    )
+    summ.add_argument("--column", default="dialogue", help="the CSV column holding the dialogues")
+    summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
+    sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "bench" in argv and all(a.startswith("-") or a in ("course", "offline") for a in argv[: argv.index("bench")]):
+        from .backstage.bench import main as bench_main  # the benchmark has its own options
+
+        before, after = argv[: argv.index("bench")], argv[argv.index("bench") + 1 :]
+        if before:
+            parser().parse_args([*before, "settings"])  # --profile, checked as usual
+            os.environ["LAB_PROFILE"] = before[-1]
+        return bench_main(after)
+    args = parser().parse_args(argv)
     if args.profile:
         os.environ["LAB_PROFILE"] = args.profile  # also reaches the notebook's kernel
-
-    from .config import load_settings, show_banner
+    from .config import load_settings, settings_table, show_banner
 
     try:
-        overrides = {}
-        if getattr(args, "full_steps", None):
-            overrides["instructor_full_steps"] = args.full_steps
-        if getattr(args, "lora_steps", None):
-            overrides["instructor_lora_steps"] = args.lora_steps
-        settings = load_settings(None, **overrides)
+        overrides = {
+            name: value
+            for name, value in (
+                ("instructor_full_steps", getattr(args, "full_steps", None)),
+                ("instructor_lora_steps", getattr(args, "lora_steps", None)),
+                ("instructor_topic_steps", getattr(args, "topic_steps", None)),
+            )
+            if value is not None
+        }
+        settings = load_settings(None, **overrides)  # checked here, before any work
         if args.command == "run":
             return run_notebook(dict(args.parameter), Path(args.output))
         if args.command == "settings":
-            settings.show()
+            print(settings_table()) if args.markdown else settings.show()
         elif args.command == "build-model":
-            from .models import ensure_offline_model
+            from .backstage.standin import build_standin
 
             if not settings.offline:
                 raise LabError("build-model is for the offline profile", "run with --profile offline")
-            print(ensure_offline_model(settings))
+            print(build_standin(settings, args.out))
         elif args.command == "instructor":
-            from .instructor import publish_run
+            from .backstage.instructor import publish_run
 
             show_banner(settings)
             publish_run(
@@ -101,6 +148,20 @@ def main(argv: list[str] | None = None) -> int:
                 fast_inference=args.fast_inference,
                 progress=sys.stderr.isatty() or "CI" not in os.environ,
             )
+        elif args.command == "release":
+            from .backstage.release import make_release, verify_release
+
+            if not settings.offline:
+                raise LabError("release is for the offline profile", "run with --profile offline")
+            from .config import RELEASE_DIR
+
+            dest = settings.path(args.to) if args.to else RELEASE_DIR
+            make_release(settings, args.made_by, args.build_seconds, dest)
+            verify_release(dest)
+        elif args.command == "summarize":
+            from .backstage.serving import summarize_command
+
+            summarize_command(settings, args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

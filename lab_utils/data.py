@@ -1,17 +1,13 @@
-"""DialogSum: loading (Hub or local CSVs), the instruction prompt, tokenization and subsampling."""
+"""DialogSum: loading (Hub or local CSVs), checked; the instruction prompt; the test split's distinct dialogues."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict
 
 from .config import Settings
 from .errors import LabError
-
-if TYPE_CHECKING:
-    from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic")
@@ -23,6 +19,11 @@ END_PROMPT = "\n\nSummary: "
 def build_prompt(dialogue: str) -> str:
     """The course's instruction prompt around one dialogue."""
     return START_PROMPT + dialogue + END_PROMPT
+
+
+def build_topic_prompt(dialogue: str) -> str:
+    """The second adapter's task, in the same instruction style: name the dialogue's topic."""
+    return "What is the topic of the following conversation?\n\n" + dialogue + "\n\nTopic: "
 
 
 def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
@@ -39,6 +40,11 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
         raise LabError(
             f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})",
             f"point `{setting}` at DialogSum CSVs with columns {', '.join(COLUMNS)}",
+        )
+    if frame.empty:
+        raise LabError(
+            f"{path} has a header but no rows",
+            f"point `{setting}` at a complete copy of DialogSum (its CSVs have rows)",
         )
     empty = frame.index[frame["dialogue"].str.strip() == ""].tolist()
     if empty:
@@ -85,47 +91,6 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
 def split_sizes(dataset: DatasetDict) -> dict[str, int]:
     """Rows per split, e.g. {'train': 12460, 'validation': 500, 'test': 1500}."""
     return {name: len(split) for name, split in dataset.items()}
-
-
-def tokenize_function(
-    batch: dict, tokenizer: PreTrainedTokenizerBase, max_source_length: int, max_target_length: int
-) -> dict:
-    """Prompt + tokenize a batch of examples; no padding here (the collator pads each batch)."""
-    model_inputs = tokenizer(
-        [build_prompt(d) for d in batch["dialogue"]], truncation=True, max_length=max_source_length
-    )
-    labels = tokenizer(text_target=batch["summary"], truncation=True, max_length=max_target_length)
-    model_inputs["labels"] = labels["input_ids"]
-    return model_inputs
-
-
-def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, settings: Settings) -> DatasetDict:
-    """Tokenize every split, keeping only `input_ids`, `attention_mask` and `labels`."""
-    columns = dataset[next(iter(dataset))].column_names
-    return dataset.map(
-        tokenize_function,
-        batched=True,
-        remove_columns=columns,
-        fn_kwargs={
-            "tokenizer": tokenizer,
-            "max_source_length": settings.max_source_length,
-            "max_target_length": settings.max_target_length,
-        },
-        desc="Tokenizing",
-    )
-
-
-def subsample(dataset: DatasetDict, every: int = 100) -> DatasetDict:
-    """Keep every `every`-th example of each split, as the course did (125 / 5 / 15 rows)."""
-    return DatasetDict({name: split.select(range(0, len(split), every)) for name, split in dataset.items()})
-
-
-def make_collator(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> DataCollatorForSeq2Seq:
-    """Pad each batch to its longest example; label padding is -100 so the loss ignores it."""
-    from transformers import DataCollatorForSeq2Seq
-
-    # -100 is the index CrossEntropyLoss ignores: padding must not count as "predict the pad token".
-    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding="longest")
 
 
 def unique_dialogues(split: Dataset) -> tuple[list[str], list[int]]:

@@ -15,7 +15,7 @@ import torch
 from .errors import LabError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import evaluate
     import pandas as pd
@@ -44,6 +44,8 @@ def _check_dialogues(dialogues) -> list[str]:
     if isinstance(dialogues, str):
         dialogues = [dialogues]
     dialogues = list(dialogues)
+    if not dialogues:
+        raise LabError("no dialogues to summarize", "pass at least one dialogue")
     for i, d in enumerate(dialogues):
         if not isinstance(d, str):
             raise LabError(f"dialogue #{i} is a {type(d).__name__}, not a string", "pass dialogue text (str)")
@@ -56,27 +58,42 @@ def summarize(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     dialogues: str | Sequence[str],
-    gen_kwargs: dict,
-    batch_size: int = 8,
-    max_source_length: int = 512,
+    settings: Settings,
+    gen_kwargs: dict | None = None,
+    batch_size: int | None = None,
     progress: bool = True,
     desc: str = "Summarizing",
     cache: str | Path | None = None,
+    prompt: Callable[[str], str] | None = None,
 ) -> list[str]:
-    """Summarize dialogues with the instruction prompt: each distinct dialogue once, in length-sorted batches, each
-    batch encoded in chunks of similar length (`encoder_chunks`) under `torch.inference_mode()`.
+    """Summarize dialogues with the instruction prompt, as the notebook and the instructor both do.
+
+    Prompts are truncated at `settings.max_source_length` (as in training) and decoded with
+    `generation_kwargs(settings)` unless `gen_kwargs` is given; each distinct dialogue is generated once, in
+    length-sorted batches of `settings.eval_batch_size`, each batch encoded in chunks of similar length
+    (`encoder_chunks`) under `torch.inference_mode()`.
 
     With `cache` (a .jsonl file), every finished batch is appended to it; run again after a crash, the finished
     batches are read back and only the rest is generated. Batches are the same as in an uninterrupted run, so the
-    summaries are identical too.
+    summaries are identical too. `prompt` replaces the summary prompt (the topic adapter's task).
     """
     from tqdm.auto import tqdm
 
     from .data import build_prompt
 
+    prompt = prompt or build_prompt
     dialogues = _check_dialogues(dialogues)
+    gen_kwargs = generation_kwargs(settings) if gen_kwargs is None else gen_kwargs
+    batch_size = settings.eval_batch_size if batch_size is None else batch_size
+    max_source_length = settings.max_source_length
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LabError(f"batch_size={batch_size!r} must be a whole number of at least 1", "use e.g. batch_size=16")
+    if gen_kwargs.get("max_new_tokens", 1) < 1:
+        raise LabError(
+            f"max_new_tokens={gen_kwargs['max_new_tokens']!r} must be at least 1", "set `LAB_MAX_NEW_TOKENS`"
+        )
     distinct = list(dict.fromkeys(dialogues))  # the test split repeats every dialogue 3 times
-    prompts = [build_prompt(d) for d in distinct]
+    prompts = [prompt(d) for d in distinct]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True).input_ids]
     too_long = sum(n > max_source_length for n in lengths)
     if too_long:
@@ -95,8 +112,8 @@ def summarize(
 
         # the cache is valid only for the same prompts, model weights and generation settings
         # (and the same way of encoding: chunks of similar length, whose last bits may differ from one batch pass)
-        settings = [batch_size, max_source_length, sorted(gen_kwargs.items()), "encoder-chunks"]
-        key = json.dumps([prompts, *settings, fingerprint(model)])
+        key_parts = [batch_size, max_source_length, sorted(gen_kwargs.items()), "encoder-chunks"]
+        key = json.dumps([prompts, *key_parts, fingerprint(model)])
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
         done = _open_generation_cache(Path(cache), key, [len(b) for b in batches])
         if done:
@@ -209,13 +226,25 @@ def _open_generation_cache(path: Path, key: str, sizes: list[int]) -> dict[int, 
     raw = path.read_bytes()
     complete = raw[: raw.rfind(b"\n") + 1]  # a kill mid-write leaves a partial last line: drop it
     done: dict[int, list[str]] = {}
-    for line in complete.decode("utf-8").splitlines():
-        entry = json.loads(line)
-        if entry.get("key") != key:
+    for line in complete.decode("utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            b, texts, entry_key = entry["batch"], entry["summaries"], entry["key"]
+            valid = isinstance(b, int) and isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+        except (ValueError, TypeError, KeyError):
+            valid = False
+        if not valid:  # damaged (not a torn last line: something else wrote here): keep it aside, start over
+            aside = path.with_name(path.name + ".damaged")
+            path.replace(aside)
+            warnings.warn(
+                f"the generation cache {path} had a damaged line; moved it to {aside}, generating again", stacklevel=3
+            )
+            path.write_text("")
+            return {}
+        if entry_key != key:
             path.write_text("")  # written for other prompts, model or settings: start over
             return {}
-        b, texts = entry["batch"], entry["summaries"]
-        if b < len(sizes) and len(texts) == sizes[b]:
+        if 0 <= b < len(sizes) and len(texts) == sizes[b]:
             done[b] = texts
     if len(complete) != len(raw):
         path.write_bytes(complete)
@@ -228,37 +257,32 @@ def _append_batch(sink, key: str, batch: int, texts: list[str]) -> None:
     os.fsync(sink.fileno())  # on disk before the next batch starts: a kill loses at most the batch in progress
 
 
-class OfflineRouge:
-    """`evaluate`'s rouge computed locally with `rouge_score` (the same package `evaluate` wraps)."""
-
-    def compute(
-        self, predictions, references, use_stemmer: bool = True, use_aggregator: bool = False, rouge_types=ROUGE_KEYS
-    ):
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
-        scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions)]
-        return {k: [s[k].fmeasure for s in scores] for k in rouge_types}
+_LOCAL_ROUGE = None
 
 
-def load_rouge(hub: bool | None = None) -> OfflineRouge | evaluate.EvaluationModule:
-    """`evaluate.load("rouge")` when the Hub answers, else the same metric computed offline."""
-    from .config import hub_reachable
+def local_rouge() -> evaluate.EvaluationModule:
+    """The offline profile's ROUGE metric (`lab_utils/backstage/rouge_metric`), loaded once with `evaluate.load`."""
+    global _LOCAL_ROUGE
+    if _LOCAL_ROUGE is None:
+        import evaluate
 
-    if hub is None:
-        hub = hub_reachable()
-    if hub:
-        try:
-            import evaluate
+        from .config import PROJECT_ROOT, profile_defaults
 
-            return evaluate.load("rouge")
-        except Exception as exc:  # evaluate raises many types when the Hub misbehaves
-            print(f"evaluate.load('rouge') failed ({exc}); using the offline rouge_score path")
-    return OfflineRouge()
+        _LOCAL_ROUGE = evaluate.load(str(PROJECT_ROOT / profile_defaults("offline")["rouge_metric"]))
+    return _LOCAL_ROUGE
+
+
+def mean_scores(per_row: dict[str, Sequence[float]]) -> dict[str, float]:
+    """The mean of per-row F-measures for each ROUGE metric: the course's numbers, the same on every run.
+
+    (`rouge.compute`'s default aggregator bootstraps a confidence interval and reports its middle, which moves a little
+    from run to run.)
+    """
+    return {k: float(sum(per_row[k]) / len(per_row[k])) for k in ROUGE_KEYS}
 
 
 def compute_rouge(
-    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+    predictions: Sequence[str], references: Sequence[str], rouge: evaluate.EvaluationModule | None = None
 ) -> dict[str, float]:
     """Mean ROUGE F-measure per metric (stemming on), as the course reported it."""
     predictions, references = list(predictions), list(references)
@@ -268,16 +292,9 @@ def compute_rouge(
         )
     if not predictions:
         raise LabError("no predictions to score", "pass at least one prediction")
-    rouge = rouge or OfflineRouge()
-    # use_aggregator=False + our mean: evaluate's aggregator bootstraps, which is not exactly the mean
-    per_row = rouge.compute(
-        predictions=predictions,
-        references=references,
-        use_stemmer=True,
-        use_aggregator=False,
-        rouge_types=list(ROUGE_KEYS),
-    )
-    return {k: float(sum(per_row[k]) / len(per_row[k])) for k in ROUGE_KEYS}
+    rouge = rouge or local_rouge()
+    per_row = rouge.compute(predictions=predictions, references=references, use_aggregator=False, use_stemmer=True)
+    return mean_scores(per_row)
 
 
 def improvement(new: dict[str, float], old: dict[str, float]) -> dict[str, float]:
@@ -292,30 +309,38 @@ def show_improvement(new: dict[str, float], old: dict[str, float], label: str) -
         print(f"  {k}: {v:.2f}%")
 
 
-def rouge_table(scores: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """A DataFrame: one row per model, one column per ROUGE metric."""
+def rouge_table(scores: dict[str, dict]) -> pd.DataFrame:
+    """A DataFrame: one row per model, one column per ROUGE metric; per-row scores (lists) are averaged."""
     import pandas as pd
 
-    return pd.DataFrame.from_dict(scores, orient="index")[list(ROUGE_KEYS)].round(4)
+    means = {m: mean_scores(s) if isinstance(next(iter(s.values())), list) else s for m, s in scores.items()}
+    return pd.DataFrame.from_dict(means, orient="index")[list(ROUGE_KEYS)].round(4)
 
 
 def read_results_file(path: str | Path, columns: tuple[str, ...] = RESULTS_COLUMNS) -> pd.DataFrame:
-    """Read a results CSV and check it has the course's columns and no missing summaries."""
+    """Read a results CSV (the lab's, with `id`, or the course's, with an unnamed index column) and check it."""
     import pandas as pd
 
     path = Path(path)
+    fix = "use the results file the instructor published (comma-separated UTF-8 CSV), or regenerate it"
     if not path.is_file():
         raise LabError(f"results file {path} does not exist", "pull it from S3 or run the instructor command")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LabError(f"results file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})", fix) from None
+    except (ValueError, OSError) as exc:  # pandas' ParserError is a ValueError
+        raise LabError(f"results file {path} cannot be read as CSV: {exc}", fix) from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise LabError(
-            f"results file {path} lacks column(s) {', '.join(missing)}",
-            f"a results file needs the columns {', '.join(columns)}",
-        )
+        header = ",".join(frame.columns)
+        hint = " (its header holds ';': it looks ';'-separated)" if len(frame.columns) == 1 and ";" in header else ""
+        raise LabError(f"results file {path} lacks column(s) {', '.join(missing)}{hint}", fix)
+    if frame.empty:
+        raise LabError(f"results file {path} has a header but no rows", fix)
     for c in columns:
-        if (frame[c].str.len() == 0).any():
-            n = int((frame[c].str.len() == 0).sum())
+        if (frame[c].str.strip() == "").any():
+            n = int((frame[c].str.strip() == "").sum())
             raise LabError(
                 f"results file {path}: column {c} has {n} empty cell(s)",
                 "columns must all have one summary per row; regenerate the file",
@@ -340,13 +365,109 @@ def write_results_file(path: str | Path, columns: dict[str, list[str]], extra: d
 
 
 def score_results_file(
-    frame: pd.DataFrame, model_columns: Sequence[str] = RESULTS_COLUMNS[1:], rouge: OfflineRouge | None = None
+    frame: pd.DataFrame,
+    rouge: evaluate.EvaluationModule | None = None,
+    model_columns: Sequence[str] = RESULTS_COLUMNS[1:],
 ) -> dict[str, dict[str, float]]:
     """ROUGE of each model column of a results file against `human_baseline_summaries`."""
     refs = frame["human_baseline_summaries"].tolist()
     return {
         c.replace("_model_summaries", ""): compute_rouge(frame[c].tolist(), refs, rouge=rouge) for c in model_columns
     }
+
+
+# --- Checks that a model which ignores its input cannot pass -------------------------------------------------------
+
+
+def distinct_summaries(frame: pd.DataFrame, model_columns: Sequence[str] = RESULTS_COLUMNS[1:]) -> str:
+    """How many different summaries each model wrote for the distinct test dialogues (one line)."""
+    groups = dialogue_groups(frame)
+    counts = {c.replace("_model_summaries", ""): len({frame[c].iloc[g[0]] for g in groups}) for c in model_columns}
+    return f"distinct summaries of {len(groups)} test dialogues: " + ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
+def constant_candidates(frame: pd.DataFrame, train_summaries: Sequence[str], n: int = 10) -> list[str]:
+    """The 10 most frequent training summaries, and each model's own most frequent output."""
+    from collections import Counter
+
+    candidates = [s for s, _ in Counter(train_summaries).most_common(n)]
+    for column in RESULTS_COLUMNS[1:]:
+        candidates.append(Counter(frame[column]).most_common(1)[0][0])
+    return list(dict.fromkeys(candidates))
+
+
+class _CachedTokenizer:
+    """rouge_score's tokenizer (with stemming), remembering each text's tokens: a constant candidate is scored against
+    the same 1,500 references as every other candidate, and stemming them again each time is most of the work."""
+
+    def __init__(self):
+        from rouge_score import tokenizers
+
+        self._inner = tokenizers.DefaultTokenizer(use_stemmer=True)
+        self._cache: dict[str, list[str]] = {}
+
+    def tokenize(self, text: str) -> list[str]:
+        if text not in self._cache:
+            self._cache[text] = self._inner.tokenize(text)
+        return self._cache[text]
+
+
+def constant_baseline(frame: pd.DataFrame, train, rouge=None) -> dict[str, float]:
+    """Per metric, the best ROUGE that one sentence earns when it is the summary of every test row (the bar a
+    model that ignores its input cannot pass); candidates from `constant_candidates`.
+
+    Scored as `compute_rouge` scores (rouge_score's F-measures with stemming, the mean over rows), with the
+    references' tokens computed once. (`rouge` is accepted for symmetry with the other scoring helpers.)
+    """
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_CachedTokenizer())
+    refs = frame["human_baseline_summaries"].tolist()
+    best = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for candidate in constant_candidates(frame, train["summary"]):
+        rows = [scorer.score(ref, candidate) for ref in refs]
+        for k in ROUGE_KEYS:
+            best[k] = max(best[k], sum(r[k].fmeasure for r in rows) / len(rows))
+    return best
+
+
+def looks_like_text(summary: str) -> bool:
+    """At least three words of letters, and more letters than punctuation: not a run of '#', ':' and '.'."""
+    words = re.findall(r"[A-Za-z]{2,}", summary.replace("#Person1#", " ").replace("#Person2#", " "))
+    letters = sum(c.isalpha() for c in summary)
+    return len(words) >= 3 and letters > sum(not c.isalnum() and not c.isspace() for c in summary)
+
+
+def story_checks(frame: pd.DataFrame, train_summaries: Sequence[str], rouge=None) -> dict[str, tuple[bool, str]]:
+    """What a results file must show for the lab's story to be true, each check with its measured numbers.
+
+    The fine-tuned models summarize their input (>= 90% distinct summaries over the distinct test dialogues, and each
+    beats the best constant summary on ROUGE-1, ROUGE-2 and ROUGE-L); the original model writes text (>= 90% of its
+    outputs); ROUGE-1 ranks instruct > PEFT > original; PEFT recovers >= 80% of full fine-tuning's ROUGE-1 gain.
+    """
+    groups = dialogue_groups(frame)
+    first = {c: [frame[c].iloc[g[0]] for g in groups] for c in RESULTS_COLUMNS[1:]}
+    scores = score_results_file(frame, rouge)
+    bar = constant_baseline(frame, {"summary": list(train_summaries)}, rouge)
+    checks: dict[str, tuple[bool, str]] = {}
+    for model in ("instruct", "peft"):
+        distinct = len(set(first[f"{model}_model_summaries"]))
+        checks[f"{model}: distinct summaries"] = (distinct >= 0.9 * len(groups), f"{distinct} of {len(groups)}")
+        for k in ("rouge1", "rouge2", "rougeL"):
+            ok = scores[model][k] > bar[k]
+            checks[f"{model}: beats the best constant on {k}"] = (ok, f"{scores[model][k]:.4f} vs {bar[k]:.4f}")
+    text = sum(looks_like_text(t) for t in first["original_model_summaries"])
+    checks["original: writes text"] = (text >= 0.9 * len(groups), f"{text} of {len(groups)} outputs")
+    r1 = {m: scores[m]["rouge1"] for m in scores}
+    ranked = r1["instruct"] > r1["peft"] > r1["original"]
+    checks["ROUGE-1: instruct > PEFT > original"] = (
+        ranked,
+        f"{r1['instruct']:.4f} > {r1['peft']:.4f} > {r1['original']:.4f}",
+    )
+    gain = r1["instruct"] - r1["original"]
+    recovered = (r1["peft"] - r1["original"]) / gain if gain > 0 else float("nan")
+    checks["PEFT recovers >= 80% of the full fine-tune's ROUGE-1 gain"] = (recovered >= 0.8, f"{recovered:.0%}")
+    return checks
 
 
 # --- Three views of the same predictions --------------------------------------------------------------------------
@@ -387,14 +508,14 @@ def split_sentences(text: str) -> list[str]:
 
 
 def rouge_course_comparable(
-    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+    predictions: Sequence[str], references: Sequence[str], rouge: evaluate.EvaluationModule | None = None
 ) -> dict[str, float]:
     """The course's numbers: per row, stemming, no sentence splitting, mean F-measure (same as `compute_rouge`)."""
     return compute_rouge(predictions, references, rouge=rouge)
 
 
 def rouge_sentence_split(
-    predictions: Sequence[str], references: Sequence[str], rouge: OfflineRouge | None = None
+    predictions: Sequence[str], references: Sequence[str], rouge: evaluate.EvaluationModule | None = None
 ) -> dict[str, float]:
     """Mean ROUGE with a newline between sentences, as the HF summarization example does (only rougeLsum changes)."""
 

@@ -1,129 +1,22 @@
-"""Loading models and tokenizers, parameter reports, and LoRA (without touching the original model)."""
+"""Looking at models: parameter counts, a fingerprint of the weights, and checks that a checkpoint folder will load.
+
+The notebook loads models with transformers and peft itself (`AutoModelForSeq2SeqLM.from_pretrained`,
+`PeftModel.from_pretrained`); the checks here run first, so a damaged or mismatched folder is reported by name
+instead of failing deep inside those calls.
+"""
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from .config import Settings
 from .errors import LabError
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from peft import LoraConfig, PeftModel
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-def ensure_offline_model(settings: Settings, progress: bool = True) -> Path:
-    """Build the offline stand-in model (tokenizer + pretraining) unless a complete one exists."""
-    out = settings.path(settings.model_id)
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    from .training import is_main_process
-
-    if not is_main_process():
-        return _wait_for_model(out)
-    from .data import load_dialogsum
-    from .offline import build_offline_model
-
-    print(f"Building the offline stand-in model in {out} (first run only; a few minutes on 2 CPUs)...")
-    train = load_dialogsum(settings)["train"]
-    texts = list(train["dialogue"]) + list(train["summary"])
-    return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)
-
-
-def _wait_for_model(out: Path, timeout_s: float = 3600.0) -> Path:
-    """Data-parallel runs: the other processes wait while rank 0 builds the stand-in (it appears by a rename)."""
-    import time
-
-    deadline = time.time() + timeout_s
-    while not (out / "model.safetensors").is_file():
-        if time.time() > deadline:
-            raise LabError(
-                f"timed out waiting for rank 0 to build {out}", "run `python -m lab_utils build-model` first"
-            )
-        time.sleep(2)
-    return out
-
-
-def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
-    """The tokenizer of the original model (Hub id or local folder)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(settings.model_path_or_id)
-
-
-def load_model(name_or_path: str | Path, setting: str = "LAB_MODEL_ID") -> PreTrainedModel:
-    """A seq2seq model in float32 from the Hub or a folder, with a clear error when it cannot be found."""
-    from transformers import AutoModelForSeq2SeqLM
-
-    path = Path(str(name_or_path))
-    local = path.is_absolute() or str(name_or_path).startswith(".")
-    if local:
-        check_checkpoint_dir(path, setting)
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(str(name_or_path), dtype=torch.float32)
-    except Exception as exc:
-        if local:  # a truncated or garbled file: say which one
-            bad = _first_unreadable(path)
-            if bad is not None:
-                raise LabError(
-                    f"checkpoint folder {path} is corrupt: {bad.name} cannot be read ({exc})",
-                    "delete the folder and pull (or train) the checkpoint again",
-                ) from None
-        if not isinstance(exc, OSError):
-            raise
-        raise LabError(
-            f"cannot load model {str(name_or_path)!r}: {exc}",
-            f"check `{setting}` (a Hub id such as google/flan-t5-base, or a checkpoint folder)",
-        ) from None
-
-
-def _first_unreadable(path: Path) -> Path | None:
-    """The first weights or JSON file of a checkpoint folder that does not parse, if any."""
-    import json
-
-    from safetensors import safe_open
-
-    for f in sorted(path.iterdir()):
-        try:
-            if f.suffix == ".json":
-                json.loads(f.read_text())
-            elif f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as st:
-                    for key in st.keys():
-                        st.get_tensor(key)
-        except Exception:
-            return f
-    return None
-
-
-def check_checkpoint_dir(path: Path, setting: str = "checkpoint") -> None:
-    """Fail with the missing file's name when a checkpoint folder is incomplete."""
-    if not path.is_dir():
-        raise LabError(f"checkpoint folder {path} does not exist", f"check `{setting}` or pull the checkpoint first")
-    if (path / "adapter_config.json").is_file():
-        needed = [("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")]
-    else:
-        needed = [("config.json",), ("model.safetensors", "pytorch_model.bin")]
-    for names in needed:
-        if not any((path / n).is_file() for n in names):
-            raise LabError(
-                f"checkpoint folder {path} has no {' or '.join(names)}",
-                "pull the checkpoint again (it is incomplete or corrupt)",
-            )
-
-
-def load_original_model(settings: Settings, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The original model and its tokenizer for this profile (the offline stand-in is built on first use)."""
-    if settings.offline:
-        ensure_offline_model(settings, progress=progress)
-    return load_model(settings.model_path_or_id), load_tokenizer(settings)
+MODEL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers today, and 4.2x (the course's checkpoint)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft today, and 0.3 (the course's adapter)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -159,57 +52,138 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def lora_config(
-    r: int = 32,
-    lora_alpha: int = 32,
-    target_modules: Sequence[str] = ("q", "v"),
-    lora_dropout: float = 0.05,
-    model: torch.nn.Module | None = None,
-) -> LoraConfig:
-    """The lab's LoRA configuration, checked: positive rank and alpha, dropout in [0, 1), existing modules."""
-    from peft import LoraConfig, TaskType
-
-    if not isinstance(r, int) or r <= 0:
-        raise LabError(f"LoRA rank r={r!r} must be a positive integer", "use e.g. r=32 (the lab's value)")
-    if lora_alpha <= 0:
-        raise LabError(f"LoRA lora_alpha={lora_alpha!r} must be positive", "use e.g. lora_alpha=32")
-    if not 0 <= lora_dropout < 1:
-        raise LabError(f"LoRA lora_dropout={lora_dropout!r} must be in [0, 1)", "use e.g. lora_dropout=0.05")
-    targets = list(target_modules)
-    if model is not None:
-        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        absent = [t for t in targets if t not in leaf_names]
-        if absent:
-            raise LabError(
-                f"LoRA target module(s) {absent} are not in the model",
-                "T5 attention projections are named q, k, v, o (the lab uses q and v)",
-            )
-    return LoraConfig(
-        r=r,
-        lora_alpha=lora_alpha,
-        target_modules=targets,
-        lora_dropout=lora_dropout,
-        bias="none",
-        task_type=TaskType.SEQ_2_SEQ_LM,
-    )
+def read_json(path: Path, what: str, fix: str) -> dict:
+    """A JSON object from `path`, or a `LabError` naming the file when it is missing, truncated or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabError(f"{what} {path.parent} has no {path.name}", fix) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LabError(f"{path} is not valid JSON ({exc}): the {what} is damaged", fix) from None
+    if not isinstance(value, dict):
+        raise LabError(f"{path} holds a {type(value).__name__}, not a JSON object: the {what} is damaged", fix)
+    return value
 
 
-def add_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
-    """Wrap a *copy* of `model` with LoRA adapters; `model` itself stays untouched.
+def weights_file(folder: Path, names: tuple[str, ...], what: str, fix: str) -> Path:
+    """The first of `names` present in `folder`, or a `LabError` saying none is."""
+    path = next((folder / n for n in names if (folder / n).is_file()), None)
+    if path is None:
+        raise LabError(f"{what} {folder} has no {' or '.join(names)}", fix)
+    return path
 
-    `get_peft_model` injects adapters in place: wrapping the original model directly (as the course did) makes
-    every later "original model" result come from the LoRA-trained model.
+
+def tensor_shapes(path: Path, what: str, fix: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a weights file, reading only what proves the file whole.
+
+    safetensors: the header, and the file's size against the data it declares (a truncated download is shorter);
+    `.bin` (a zip archive): its directory, which sits at the end of the file, through a memory map.
     """
-    from peft import get_peft_model
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            end = max((v["data_offsets"][1] for v in header.values()), default=0)
+            if path.stat().st_size != 8 + n + end:
+                raise ValueError(f"{path.stat().st_size} bytes on disk, the header declares {8 + n + end}")
+            return {k: tuple(v["shape"]) for k, v in header.items()}
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {k: tuple(t.shape) for k, t in state.items()}
+    except Exception as exc:  # a damaged file raises many types (OSError, ValueError, RuntimeError, ...)
+        raise LabError(f"{path} cannot be read ({type(exc).__name__}: {exc}): the {what} is damaged", fix) from None
 
-    return get_peft_model(copy.deepcopy(model), config)
+
+def non_finite_tensors(path: Path) -> list[str]:
+    """The names of the floating-point tensors of a weights file that hold NaN or inf."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def load_peft_for_inference(settings: Settings, adapter_dir: str | Path) -> PeftModel:
-    """A fresh original model with the adapter from `adapter_dir` loaded, frozen (`is_trainable=False`)."""
-    from peft import PeftModel
+def check_model_dir(
+    folder: str | Path, fix: str = "pull (or train) the checkpoint again", finite: bool = False
+) -> Path:
+    """Check that a transformers checkpoint folder has a readable config and whole weights (`finite`: and no NaN)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LabError(f"checkpoint folder {folder} does not exist", fix)
+    read_json(folder / "config.json", "checkpoint folder", fix)
+    path = weights_file(folder, MODEL_WEIGHTS, "checkpoint folder", fix)
+    tensor_shapes(path, "checkpoint folder", fix)
+    bad = non_finite_tensors(path) if finite else []
+    if bad:
+        raise LabError(f"checkpoint {folder} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]})", fix)
+    return folder
 
-    adapter_dir = Path(adapter_dir)
-    check_checkpoint_dir(adapter_dir, "adapter folder")
-    base = load_model(settings.model_path_or_id)
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+
+def shape_model(model_path_or_id: str) -> torch.nn.Module:
+    """The architecture of a model on the meta device, from its config alone: shapes without weights or memory."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_path_or_id)
+    except (OSError, ValueError) as exc:
+        raise LabError(f"cannot read the config of {model_path_or_id!r}: {exc}", "check `LAB_MODEL_ID`") from None
+    with torch.device("meta"):
+        return AutoModelForSeq2SeqLM.from_config(config)
+
+
+def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, fix: str | None = None) -> dict:
+    """Check a LoRA adapter folder against the base model it will be loaded onto, before peft tries.
+
+    Reports a missing or damaged `adapter_config.json` or weights file, a config without a field peft needs, weights
+    of another rank than the config says, and weights shaped for another model (e.g. an adapter for flan-t5-large
+    onto flan-t5-base). `base` may be a `shape_model`. Returns the adapter's config.
+    """
+    folder = Path(folder)
+    fix = fix or "publish the adapter folder again (`python -m lab_utils instructor`), then pull it again"
+    if not folder.is_dir():
+        raise LabError(f"adapter folder {folder} does not exist", fix)
+    config_path = folder / "adapter_config.json"
+    config = read_json(config_path, "adapter folder", fix)
+    for needed in ("peft_type", "r", "target_modules"):
+        if needed not in config:
+            raise LabError(
+                f"{config_path} has no `{needed}` field, which peft needs to rebuild the adapter",
+                f"add `{needed}` to the file (the value the adapter was trained with), or publish it again",
+            )
+    if str(config["peft_type"]).upper() != "LORA":
+        raise LabError(f"{folder} holds a {config['peft_type']} adapter, not LoRA", fix)
+    path = weights_file(folder, ADAPTER_WEIGHTS, "adapter folder", fix)
+    shapes = tensor_shapes(path, "adapter folder", fix)
+    if not any(".lora_A." in name for name in shapes):
+        raise LabError(f"the weights in {folder} hold no LoRA matrices (lora_A / lora_B)", fix)
+    declared = config.get("base_model_name_or_path") or "another model"
+    bad = non_finite_tensors(path)  # adapters are small: read them whole
+    if bad:
+        raise LabError(f"adapter weight {bad[0]} in {folder} is not finite (NaN or inf)", fix)
+    for name, shape in shapes.items():
+        kind = "lora_A" if ".lora_A." in name else "lora_B" if ".lora_B." in name else None
+        if kind is None:
+            continue
+        rank = shape[0] if kind == "lora_A" else shape[1]
+        if rank != config["r"]:
+            raise LabError(
+                f"adapter weight {name} has rank {rank}, but {config_path} says r={config['r']}",
+                "the config and the weights come from different adapters: publish the adapter folder again",
+            )
+        path = name.split(f".{kind}.")[0].removeprefix("base_model.model.")
+        try:
+            layer = base.get_submodule(path)
+        except AttributeError:
+            layer = None
+        expected = None if layer is None else (layer.in_features if kind == "lora_A" else layer.out_features)
+        got = shape[1] if kind == "lora_A" else shape[0]
+        if layer is None or got != expected:
+            where = f"has no layer {path}" if layer is None else f"has {expected} features there, the adapter {got}"
+            raise LabError(
+                f"the adapter in {folder} was trained for a different model ({declared}): {base_id} {where}",
+                "load it onto the model it was trained for (`LAB_MODEL_ID`), or use an adapter trained for this one",
+            )
+    return config

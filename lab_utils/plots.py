@@ -74,22 +74,23 @@ def plot_full_vs_lora(
     return fig
 
 
-def read_train_log(checkpoint_dir: str | Path) -> list[tuple[int, float]]:
-    """(step, loss) pairs from the `train_log.json` the instructor saves beside a checkpoint (empty if absent)."""
+def read_train_log(checkpoint_dir: str | Path) -> list[dict]:
+    """The trainer's `log_history` the instructor saves beside a checkpoint (`train_log.json`; empty if absent)."""
     path = Path(checkpoint_dir) / "train_log.json"
     if not path.is_file():
         return []
-    return [(e["step"], e["loss"]) for e in json.loads(path.read_text()) if "loss" in e]
+    return json.loads(path.read_text())
 
 
 def plot_loss_curves(
-    curves: Mapping[str, Sequence[tuple[int, float]]], title: str = "Training loss", path: str | Path | None = None
+    logs: Mapping[str, Sequence[dict]], title: str = "Training loss", path: str | Path | None = None
 ) -> Figure:
-    """Training loss against step, one line per run (runs without a log are left out)."""
+    """Training loss against step, one line per run, from each trainer's `log_history` (empty logs are left out)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    for name, points in curves.items():
+    for name, log in logs.items():
+        points = [(e["step"], e["loss"]) for e in log if "loss" in e]
         if points:
             steps, losses = zip(*points)
             ax.plot(steps, losses, marker="o" if len(points) < 30 else None, markersize=3, label=name)

@@ -9,7 +9,10 @@ import random
 
 import pytest
 
-from lab_utils.s3local import LocalS3
+from lab_utils.backstage.local_s3 import LocalS3
+from lab_utils.config import load_settings
+
+TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)  # unit tests' T5 size
 
 WORDS = (
     "meeting office email report project budget manager client holiday ticket train station doctor appointment "
@@ -66,8 +69,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer(data_dir, tmp_path_factory):
     """A SentencePiece T5 tokenizer trained on the tiny dataset."""
+    from lab_utils.backstage.standin import train_tokenizer
     from lab_utils.data import load_dialogsum_csv
-    from lab_utils.offline import train_tokenizer
 
     train = load_dialogsum_csv(data_dir)["train"]
     return train_tokenizer(
@@ -78,9 +81,9 @@ def tokenizer(data_dir, tmp_path_factory):
 @pytest.fixture
 def tiny_model(tokenizer):
     """A fresh tiny random T5 v1.1 (untied lm_head) for the tiny tokenizer."""
-    from lab_utils.offline import build_tiny_t5
+    from lab_utils.backstage.standin import build_tiny_t5
 
-    return build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
+    return build_tiny_t5(len(tokenizer), **TINY)
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +105,23 @@ def local_s3():
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         yield server
+
+
+# the settings unit tests generate with: the offline profile's, prompts kept up to 512 tokens, no environment
+SETTINGS = load_settings("offline", environ={}, max_source_length=512)
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tokenizer, tmp_path_factory):
+    """A tiny stand-in "original model" folder (tokenizer + tiny T5), what `LAB_MODEL_ID` points at in tests."""
+    import torch
+
+    from lab_utils.backstage.standin import build_tiny_t5
+
+    folder = tmp_path_factory.mktemp("stand-in")
+    tokenizer.save_pretrained(folder)
+    model = build_tiny_t5(len(tokenizer), **TINY)
+    with torch.no_grad():  # the end-of-sequence logit 0 among random ones: untrained summaries are never empty
+        model.lm_head.weight[tokenizer.eos_token_id] = 0
+    model.save_pretrained(folder)
+    return folder

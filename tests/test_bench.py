@@ -1,4 +1,4 @@
-"""The benchmark CLI (`python -m lab_utils.bench --smoke`) and the fast-inference options it measures."""
+"""The benchmark CLI (`python -m lab_utils bench --smoke`) and the fast-inference options it measures."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import warnings
 
 import pytest
 import torch
+from conftest import SETTINGS
 
-from lab_utils import bench
+from lab_utils.backstage import bench
+from lab_utils.backstage.inference import BF16Autocast, cpu_supports_bf16, prepare_for_inference
 from lab_utils.config import PROJECT_ROOT
 from lab_utils.errors import LabError
 from lab_utils.evaluation import summarize
-from lab_utils.inference import BF16Autocast, cpu_supports_bf16, prepare_for_inference
 from lab_utils.models import fingerprint
 
 GEN = {"max_new_tokens": 4, "min_new_tokens": 4, "num_beams": 1, "do_sample": False}
@@ -34,7 +35,7 @@ def _positive_numbers(obj, where=""):
 
 def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "lab_utils.bench", "--smoke", "--threads", "1", "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "lab_utils", "bench", "--smoke", "--threads", "1", "--data-dir", str(data_dir)]
     proc = subprocess.run([*cmd, "--json", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for part in bench.PARTS:
@@ -92,7 +93,7 @@ def test_int8_is_a_quantized_copy(tiny_model, tokenizer):
     assert not any(isinstance(m, dynamic) for m in tiny_model.modules())
     assert fingerprint(tiny_model) == before
     assert tiny_model.training  # the caller's mode is untouched too
-    out = summarize(quantized, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."], GEN, progress=False)
+    out = summarize(quantized, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."], SETTINGS, GEN, progress=False)
     assert len(out) == 1 and isinstance(out[0], str)
 
 
@@ -106,13 +107,13 @@ def test_unknown_mode_names_the_valid_ones(tiny_model):
 
 
 def test_bf16_falls_back_with_a_warning(tiny_model, monkeypatch):
-    monkeypatch.setattr("lab_utils.inference.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no bf16 instructions"):
         assert prepare_for_inference(tiny_model, "bf16") is tiny_model
 
 
 def test_bf16_wrapper_generates_under_autocast(tiny_model, tokenizer, monkeypatch):
-    monkeypatch.setattr("lab_utils.inference.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: True)
     before = fingerprint(tiny_model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning when supported
@@ -122,7 +123,7 @@ def test_bf16_wrapper_generates_under_autocast(tiny_model, tokenizer, monkeypatc
     assert list(wrapped.parameters())[0] is list(tiny_model.parameters())[0]
     wrapped.eval()
     assert not wrapped.training and not tiny_model.training
-    out = summarize(wrapped, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."] * 2, GEN, progress=False)
+    out = summarize(wrapped, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."] * 2, SETTINGS, GEN, progress=False)
     assert len(out) == 2
     assert fingerprint(tiny_model) == before
     assert isinstance(cpu_supports_bf16(), bool)

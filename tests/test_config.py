@@ -1,18 +1,38 @@
-"""Settings: profiles, environment overrides, and errors that name the setting to fix."""
+"""Settings: each written once, profiles, environment overrides, and every value checked before any work starts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from lab_utils.config import load_settings
+from lab_utils.__main__ import main
+from lab_utils.config import OFFLINE, PROJECT_ROOT, Settings, load_settings, profile_defaults, settings_table
 from lab_utils.errors import LabError
 
 
 def test_profile_defaults():
     course = load_settings(environ={"LAB_PROFILE": "course"})
     assert course.model_id == "google/flan-t5-base" and course.s3_uri == "s3://dlai-generative-ai/models/"
+    assert (course.full_lr, course.lora_lr, course.max_source_length) == (1e-5, 1e-3, 512)
     offline = load_settings(environ={"LAB_PROFILE": "offline"})
     assert offline.offline and offline.path(offline.data_dir).name == "dialogsum"
+
+
+def test_each_setting_is_written_once():
+    """The course's values are the dataclass defaults; the offline profile lists only what differs."""
+    course = profile_defaults("course")
+    assert all(OFFLINE[name] != course[name] for name in OFFLINE)
+    assert set(OFFLINE) <= set(course)
+
+
+def test_readme_table_is_generated_from_the_code():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert settings_table() in readme, (
+        "README's settings table is stale: paste `python -m lab_utils settings --markdown`"
+    )
 
 
 def test_environment_overrides_are_typed():
@@ -22,10 +42,10 @@ def test_environment_overrides_are_typed():
             "LAB_SEED": "7",
             "LAB_LORA_LR": "0.5",
             "LAB_S3_ANONYMOUS": "yes",
-            "LAB_S3_URI": "s3://b/p/",
+            "LAB_S3_URI": "s3://my-bucket/p/",
         }
     )
-    assert (s.seed, s.lora_lr, s.s3_anonymous, s.s3("x.csv")) == (7, 0.5, True, "s3://b/p/x.csv")
+    assert (s.seed, s.lora_lr, s.s3_anonymous, s.s3("x.csv")) == (7, 0.5, True, "s3://my-bucket/p/x.csv")
 
 
 def test_unknown_profile_names_the_variable():
@@ -38,12 +58,95 @@ def test_unknown_setting_is_rejected():
         load_settings(environ={"LAB_PROFILE": "offline", "LAB_STEPS": "3"})
 
 
-def test_bad_value_names_the_variable():
-    with pytest.raises(LabError, match="`LAB_SEED`='abc' is not a valid int"):
-        load_settings(environ={"LAB_PROFILE": "offline", "LAB_SEED": "abc"})
-
-
 def test_auto_profile_falls_back_to_offline_without_the_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s = load_settings(environ={"LAB_PROFILE": ""})
     assert s.profile == "offline" and "cannot be reached" in s.profile_reason
+
+
+# Every setting's range or form, through the command line: exit 2, the variable named, one message, no traceback.
+BAD = [
+    ("LAB_TRAIN_BATCH_SIZE", "0", "at least 1"),
+    ("LAB_EVAL_BATCH_SIZE", "-1", "at least 1"),
+    ("LAB_MAX_NEW_TOKENS", "0", "at least 1"),
+    ("LAB_MAX_SOURCE_LENGTH", "0", "at least 1"),
+    ("LAB_MAX_TARGET_LENGTH", "-5", "at least 1"),
+    ("LAB_NOTEBOOK_FULL_STEPS", "0", "at least 1"),
+    ("LAB_NOTEBOOK_LORA_STEPS", "-2", "at least 1"),
+    ("LAB_INSTRUCTOR_FULL_STEPS", "0", "at least 1"),
+    ("LAB_INSTRUCTOR_LORA_STEPS", "0", "at least 1"),
+    ("LAB_INSTRUCTOR_TOPIC_STEPS", "0", "at least 1"),
+    ("LAB_PRETRAIN_STEPS", "-1", "at least 1"),
+    ("LAB_PRETRAIN_STEPS", "0", "at least 1"),
+    ("LAB_EVAL_DIALOGUES", "0", "at least 1"),
+    ("LAB_NO_REPEAT_NGRAM_SIZE", "-1", "at least 0"),
+    ("LAB_SEED", "-3", "at least 0"),
+    ("LAB_SEED", "abc", "is not a whole number"),
+    ("LAB_TRAIN_BATCH_SIZE", "2.5", "is not a whole number"),
+    ("LAB_FULL_LR", "inf", "finite number above 0"),
+    ("LAB_FULL_LR", "nan", "finite number above 0"),
+    ("LAB_LORA_LR", "0", "finite number above 0"),
+    ("LAB_LORA_LR", "-1e-3", "finite number above 0"),
+    ("LAB_WARMUP_RATIO", "1", "below 1"),
+    ("LAB_S3_URI", "s3://Bad_Bucket/models/", "valid bucket name"),
+    ("LAB_S3_URI", "https://example.com/models/", "not an S3 URI"),
+    ("LAB_S3_ANONYMOUS", "maybe", "is not a true/false"),
+    ("LAB_GRADIENT_CHECKPOINTING", "2", "is not a true/false"),
+    ("LAB_MODEL_ID", "google/flan-t5-base", "offline profile cannot reach the Hub"),
+    ("LAB_MODEL_ID", " ", "must not be empty"),
+    ("LAB_WORK_DIR", "", "must not be empty"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), BAD)
+def test_bad_setting_stops_every_command_with_one_message(variable, value, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv(variable, value)
+    for command in (["settings"], ["instructor", "--no-upload"], ["build-model", "--out", str(tmp_path / "m")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and f"`{variable}`" in err and message in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "m").exists()  # nothing was written
+
+
+def test_notebook_parameters_are_checked_too():
+    with pytest.raises(LabError, match="`LAB_NOTEBOOK_FULL_STEPS`=0"):
+        load_settings("offline", environ={}, notebook_full_steps=0)
+    with pytest.raises(LabError, match="notebook_lora_steps=2.5 is not a whole number"):
+        load_settings("offline", environ={}, notebook_lora_steps=2.5)
+
+
+@pytest.mark.parametrize("option", ["--full-steps", "--lora-steps", "--topic-steps"])
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_step_options_refuse_values_below_1(option, value, capsys):
+    """0 is not taken as 'not given' (it used to train the default 250 steps), -1 is not 'until the data ends'."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--profile", "offline", "instructor", "--no-upload", option, value])
+    assert exit_.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_a_bad_setting_in_a_real_process_prints_no_traceback(tmp_path):
+    env = {**os.environ, "LAB_PROFILE": "offline", "LAB_TRAIN_BATCH_SIZE": "0", "LAB_WORK_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab_utils", "instructor"], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[0] == "error: `LAB_TRAIN_BATCH_SIZE`=0 must be a whole number of at least 1"
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_hub_id_never_becomes_a_local_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--profile", "offline", "build-model", "--out", "google/flan-t5-base"]) == 2
+    assert "looks like a Hugging Face Hub id" in capsys.readouterr().err
+    assert not (PROJECT_ROOT / "google").exists() and not (tmp_path / "google").exists()
+
+
+def test_settings_fields_all_have_a_meaning():
+    import dataclasses
+
+    for f in dataclasses.fields(Settings):
+        assert f.metadata.get("meaning") or f.metadata.get("internal"), f.name

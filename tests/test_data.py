@@ -1,4 +1,4 @@
-"""Prompt, loading and validation of the CSVs, tokenization with -100 label padding, subsampling."""
+"""Prompt, loading and validation of the CSVs, tokenization with -100 label padding."""
 
 from __future__ import annotations
 
@@ -6,17 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from lab_utils.backstage.recipe import data_collator, tokenize
 from lab_utils.config import load_settings
-from lab_utils.data import (
-    build_prompt,
-    first_dialogue_rows,
-    load_dialogsum_csv,
-    make_collator,
-    split_sizes,
-    subsample,
-    tokenize_dataset,
-    unique_dialogues,
-)
+from lab_utils.data import build_prompt, first_dialogue_rows, load_dialogsum_csv, split_sizes, unique_dialogues
 from lab_utils.errors import LabError
 
 
@@ -64,8 +56,8 @@ def test_empty_dialogue_is_reported_with_its_line(data_dir, tmp_path):
 
 
 def test_tokenize_keeps_model_columns_and_truncates(data_dir, tokenizer):
-    settings = load_settings("offline", max_source_length=40, max_target_length=7)
-    tok = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, settings)
+    settings = load_settings("offline", environ={}, max_source_length=40, max_target_length=7)
+    tok = tokenize(load_dialogsum_csv(data_dir), tokenizer, settings)
     assert tok["train"].column_names == ["input_ids", "attention_mask", "labels"]
     ex = tok["train"][0]
     assert len(ex["input_ids"]) <= 40 and len(ex["labels"]) <= 7
@@ -75,12 +67,12 @@ def test_tokenize_keeps_model_columns_and_truncates(data_dir, tokenizer):
 
 
 def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, tokenizer, tiny_model):
-    settings = load_settings("offline")
-    tok = tokenize_dataset(load_dialogsum_csv(data_dir), tokenizer, settings)["train"]
+    settings = load_settings("offline", environ={})
+    tok = tokenize(load_dialogsum_csv(data_dir), tokenizer, settings)["train"]
     long = tok[0]
     short = dict(tok[1], labels=tok[1]["labels"][:4] + [tokenizer.eos_token_id])
     assert len(short["labels"]) < len(long["labels"])
-    collator = make_collator(tokenizer, tiny_model)
+    collator = data_collator(tokenizer, tiny_model)
     batch = collator([short, long])
     n_pad = len(long["labels"]) - len(short["labels"])
     assert batch["labels"][0, -n_pad:].tolist() == [-100] * n_pad
@@ -96,18 +88,13 @@ def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, token
     assert torch.allclose(loss_alone, loss_in_batch, atol=1e-5)
 
 
-def test_subsample_every_100th_like_the_course():
-    from datasets import Dataset, DatasetDict
-
-    ds = DatasetDict(
-        {
-            n: Dataset.from_dict({"x": list(range(k))})
-            for n, k in {"train": 12460, "validation": 500, "test": 1500}.items()
-        }
-    )
-    small = subsample(ds, every=100)
-    assert split_sizes(small) == {"train": 125, "validation": 5, "test": 15}
-    assert small["train"]["x"][:3] == [0, 100, 200]
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_header_only_csv_is_explained(split, data_dir, tmp_path):
+    for name in ("train", "validation", "test"):
+        frame = pd.read_csv(data_dir / f"{name}.csv")
+        (frame.iloc[:0] if name == split else frame).to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(LabError, match=f"{split}.csv has a header but no rows"):
+        load_dialogsum_csv(tmp_path)
 
 
 def test_unique_dialogues_and_first_rows(data_dir):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
+from conftest import SETTINGS
 from rouge_score import rouge_scorer
 
 from lab_utils.errors import LabError
 from lab_utils.evaluation import (
     RESULTS_COLUMNS,
-    OfflineRouge,
     compute_rouge,
     improvement,
     read_results_file,
@@ -25,8 +27,8 @@ def test_batched_deduplicated_generation_equals_one_at_a_time(tiny_model, tokeni
     from lab_utils.data import load_dialogsum_csv
 
     rows = load_dialogsum_csv(data_dir)["test"]["dialogue"][:9]  # 3 dialogues x 3 references
-    batched = summarize(tiny_model, tokenizer, rows, GEN, batch_size=4, progress=False)
-    single = [summarize(tiny_model, tokenizer, [d], GEN, batch_size=1, progress=False)[0] for d in rows]
+    batched = summarize(tiny_model, tokenizer, rows, SETTINGS, GEN, batch_size=4, progress=False)
+    single = [summarize(tiny_model, tokenizer, [d], SETTINGS, GEN, batch_size=1, progress=False)[0] for d in rows]
     assert batched == single
     assert batched[0] == batched[1] == batched[2]  # fanned out to every reference row
     assert all(s for s in batched)
@@ -59,18 +61,19 @@ def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model
     model = tiny_model
     if wrap == "lora":
         import torch
+        from peft import get_peft_model
 
-        from lab_utils.models import add_lora, lora_config
+        from lab_utils.backstage.recipe import lora_config
 
-        model = add_lora(tiny_model, lora_config(r=4, model=tiny_model))
+        model = get_peft_model(copy.deepcopy(tiny_model), lora_config(r=4))
         with torch.no_grad():  # a LoRA update that changes the outputs, so the adapter is part of the check
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(std=0.5)
     elif wrap == "bf16":
-        from lab_utils.inference import prepare_for_inference
+        from lab_utils.backstage.inference import prepare_for_inference
 
-        monkeypatch.setattr("lab_utils.inference.cpu_supports_bf16", lambda: True)
+        monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: True)
         model = prepare_for_inference(tiny_model, "bf16")
     test = list(dict.fromkeys(load_dialogsum_csv(data_dir)["test"]["dialogue"]))
     lines = [line for d in test for line in d.splitlines()]
@@ -79,22 +82,29 @@ def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model
     calls = []
     real = evaluation.encoder_chunks
     monkeypatch.setattr(evaluation, "encoder_chunks", lambda lengths: calls.append(lengths) or real(lengths))
-    chunked = summarize(model, tokenizer, dialogues, gen, batch_size=6, progress=False)
+    chunked = summarize(model, tokenizer, dialogues, SETTINGS, gen, batch_size=6, progress=False)
     assert len(calls) == 1 and len(real(calls[0])) > 1  # the batch was really encoded in several chunks
     monkeypatch.setattr(evaluation, "_encoded_inputs", lambda model, tokenizer, enc: dict(enc))
-    whole = summarize(model, tokenizer, dialogues, gen, batch_size=6, progress=False)
+    whole = summarize(model, tokenizer, dialogues, SETTINGS, gen, batch_size=6, progress=False)
     assert chunked == whole
 
 
 @pytest.mark.parametrize(("bad", "message"), [(["ok", 3], "dialogue #1 is a int"), (["  "], "dialogue #0 is empty")])
 def test_summarize_rejects_bad_dialogues(bad, message, tiny_model, tokenizer):
     with pytest.raises(LabError, match=message):
-        summarize(tiny_model, tokenizer, bad, GEN, progress=False)
+        summarize(tiny_model, tokenizer, bad, SETTINGS, GEN, progress=False)
 
 
 def test_too_long_dialogue_is_truncated_with_a_warning(tiny_model, tokenizer):
     with pytest.warns(UserWarning, match="1 of 1 prompts exceed 16 tokens and were truncated"):
-        out = summarize(tiny_model, tokenizer, ["#Person1#: hello " * 50], GEN, max_source_length=16, progress=False)
+        out = summarize(
+            tiny_model,
+            tokenizer,
+            ["#Person1#: hello " * 50],
+            SETTINGS.replace(max_source_length=16),
+            GEN,
+            progress=False,
+        )
     assert len(out) == 1
 
 
@@ -146,6 +156,86 @@ def test_results_columns_of_different_lengths_are_refused(tmp_path):
     assert not (tmp_path / "r.csv").exists()
 
 
-def test_offline_rouge_matches_evaluate_interface():
-    out = OfflineRouge().compute(predictions=["a b"], references=["a b"], use_stemmer=True, use_aggregator=False)
-    assert out["rouge1"] == [1.0] and set(out) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+def test_local_rouge_metric_equals_rouge_score():
+    """The offline profile's `evaluate.load(...)` target computes what rouge_score computes (per row and aggregated)."""
+    from lab_utils.evaluation import local_rouge
+
+    preds, refs = ["the cat sat down", "a dog ran in the park"], ["the cat sat up", "the dog ran"]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    expected = [scorer.score(r, p) for r, p in zip(refs, preds)]
+    per_row = local_rouge().compute(predictions=preds, references=refs, use_aggregator=False, use_stemmer=True)
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert per_row[key] == pytest.approx([e[key].fmeasure for e in expected], abs=1e-12)
+    single = local_rouge().compute(predictions=preds[:1], references=refs[:1], use_stemmer=True)
+    assert single["rouge1"] == pytest.approx(0.75)  # the aggregate of one row is that row
+    multi = local_rouge().compute(predictions=["the cat"], references=[["a dog", "the cat"]], use_aggregator=False)
+    assert multi["rouge1"] == [1.0]  # several references: the best one counts
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([], "no dialogues to summarize"),
+        ({"batch_size": 0}, "batch_size=0 must be a whole number of at least 1"),
+        ({"batch_size": -1}, "batch_size=-1"),
+        ({"gen_kwargs": {"max_new_tokens": 0}}, "max_new_tokens=0 must be at least 1"),
+    ],
+)
+def test_summarize_refuses_what_would_give_empty_or_no_summaries(bad, message, tiny_model, tokenizer):
+    dialogues, kwargs = (bad, {}) if isinstance(bad, list) else (["#Person1#: hi"], bad)
+    with pytest.raises(LabError, match=message):
+        summarize(tiny_model, tokenizer, dialogues, SETTINGS, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p, f: f.to_csv(p, index=False, sep=";"), "it looks ';'-separated"),
+        (lambda p, f: p.write_bytes(f.to_csv(index=False).replace("the", "th\xe9").encode("latin-1")), "not UTF-8"),
+        (lambda p, f: f.iloc[:0].to_csv(p, index=False), "a header but no rows"),
+    ],
+)
+def test_unreadable_results_files_are_explained(write, message, tmp_path):
+    write(tmp_path / "r.csv", _results_frame())
+    with pytest.raises(LabError, match=message):
+        read_results_file(tmp_path / "r.csv")
+
+
+def test_results_file_in_the_course_s_format_is_read(tmp_path):
+    """The course shipped its results file with a leading unnamed index column and no `id` column."""
+    frame = _results_frame()
+    frame.to_csv(tmp_path / "course.csv")  # pandas' default: the index as the first, unnamed column
+    assert open(tmp_path / "course.csv").readline().startswith(",human_baseline_summaries")
+    read = read_results_file(tmp_path / "course.csv")
+    assert read[list(RESULTS_COLUMNS)].equals(frame)
+
+
+def test_constant_baseline_is_the_best_single_sentence():
+    from lab_utils.evaluation import constant_baseline, constant_candidates
+
+    frame = _results_frame(n=9)
+    frame["peft_model_summaries"] = "the cat sat"  # a model that ignores its input
+    train = {"summary": ["a dog ran", "a dog ran", "the mat", "up on a mat"]}
+    assert constant_candidates(frame, train["summary"], n=1)[0] == "a dog ran"  # the most frequent first
+    candidates = constant_candidates(frame, train["summary"])
+    assert candidates[:3] == ["a dog ran", "the mat", "up on a mat"] and "the cat sat" in candidates
+    refs = frame["human_baseline_summaries"].tolist()
+    by_hand = [compute_rouge([c] * len(refs), refs) for c in candidates]
+    best = constant_baseline(frame, train)
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert best[key] == pytest.approx(max(s[key] for s in by_hand), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("summary", "text"),
+    [
+        ("#Person1# asks #Person2# about the new job.", True),
+        (". #Person1#:: I's. #:. #", False),
+        (":. #Person1#:. #.. #. #Person2#:", False),
+        ("", False),
+    ],
+)
+def test_looks_like_text(summary, text):
+    from lab_utils.evaluation import looks_like_text
+
+    assert looks_like_text(summary) is text

@@ -1,41 +1,60 @@
-"""The instructor command end to end on tiny data: build, train, evaluate, publish to the local S3, pull back."""
+"""The instructor command on tiny data: trains with the notebook's recipe, generates as the notebook does, publishes,
+and never throws away a finished stage for a change that does not need it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
-from lab_utils.checkpoints import pull_checkpoint
+from lab_utils.backstage.instructor import TOPIC_RESULTS_FILE, publish_run, run_dir, run_instructor, run_lock
+from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, pull_checkpoint
 from lab_utils.config import load_settings
+from lab_utils.errors import LabError
 from lab_utils.evaluation import RESULTS_COLUMNS, read_results_file
-from lab_utils.instructor import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, publish_run
 
 
 @pytest.fixture
-def tiny_settings(tmp_path, data_dir):
+def tiny_settings(tmp_path, data_dir, standin_dir):
     return load_settings(
         "offline",
+        environ={},
         data_dir=str(data_dir),
-        model_id=str(tmp_path / "stand-in"),
+        model_id=str(standin_dir),
         work_dir=str(tmp_path / "work"),
-        s3_uri="s3://lab-test/models/",
-        pretrain_steps=3,
+        s3_uri=f"s3://lab-test/{tmp_path.name}/",  # a prefix of its own: the S3 server lives for the session
         instructor_full_steps=3,
         instructor_lora_steps=3,
+        instructor_topic_steps=3,
         train_batch_size=4,
-        eval_batch_size=8,
+        eval_batch_size=4,
         max_new_tokens=8,
+        max_source_length=40,  # shorter than most test prompts: truncation shows
+        no_repeat_ngram_size=0,
     )
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file under `folder` with a hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_instructor_publishes_checkpoints_and_results(tiny_settings, local_s3, tmp_path, capsys):
     run = publish_run(tiny_settings, progress=False)
-    assert (tiny_settings.path(tiny_settings.model_id) / "spiece.model").is_file()
-
-    full = pull_checkpoint(tiny_settings.s3(FULL_CHECKPOINT + "/"), tmp_path / "pulled" / FULL_CHECKPOINT)
-    peft = pull_checkpoint(tiny_settings.s3(PEFT_CHECKPOINT + "/"), tmp_path / "pulled" / PEFT_CHECKPOINT)
-    results = pull_checkpoint(tiny_settings.s3(RESULTS_FILE), tmp_path / "pulled" / RESULTS_FILE)
+    pulled = tmp_path / "pulled"
+    full = pull_checkpoint(tiny_settings.s3(FULL_CHECKPOINT + "/"), pulled / FULL_CHECKPOINT)
+    peft = pull_checkpoint(tiny_settings.s3(PEFT_CHECKPOINT + "/"), pulled / PEFT_CHECKPOINT)
+    topic = pull_checkpoint(tiny_settings.s3(TOPIC_CHECKPOINT + "/"), pulled / TOPIC_CHECKPOINT)
+    results = pull_checkpoint(tiny_settings.s3(RESULTS_FILE), pulled / RESULTS_FILE)
+    pull_checkpoint(tiny_settings.s3(TOPIC_RESULTS_FILE), pulled / TOPIC_RESULTS_FILE)
     assert (full / "model.safetensors").read_bytes() == (run / FULL_CHECKPOINT / "model.safetensors").read_bytes()
-    assert (peft / "adapter_model.safetensors").is_file() and not (peft / "model.safetensors").exists()
+    for adapter in (peft, topic):
+        assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
 
     frame = read_results_file(results)
     assert list(frame.columns) == ["id", *RESULTS_COLUMNS] and len(frame) == 18
@@ -50,6 +69,206 @@ def test_instructor_publishes_checkpoints_and_results(tiny_settings, local_s3, t
     assert "Training" not in out and "Wrote" not in out and "skipped (already uploaded)" in out
 
 
+def test_the_instructor_trains_with_the_notebook_s_recipe(tiny_settings):
+    """The recipe the instructor recorded beside each checkpoint is what the notebook's cells build."""
+    import torch
+    from notebook import source
+    from transformers import Seq2SeqTrainingArguments
+
+    from lab_utils.backstage.recipe import recipe_of
+
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+
+    namespace = {"settings": tiny_settings, "torch": torch, "Seq2SeqTrainingArguments": Seq2SeqTrainingArguments}
+    for cell, name, folder in (
+        ("full-training-args", "training_args", FULL_CHECKPOINT),
+        ("lora-training-args", "peft_training_args", PEFT_CHECKPOINT),
+    ):
+        # only the arguments: the cell's statement that builds them (the trainer needs the notebook's data)
+        text = source(cell)
+        start = text.index(f"{name} = Seq2SeqTrainingArguments(")
+        end = text.index("\n)\n", start) + 2
+        exec("runs = settings.work_path\n" + text[start:end], namespace)
+        notebook_recipe = json.loads(json.dumps(recipe_of(namespace[name]), default=str))
+        recorded = json.loads((run / folder / "train_facts.json").read_text())["recipe"]
+        assert recorded == notebook_recipe, folder
+
+
+def test_live_and_results_file_generation_truncate_alike(tiny_settings, data_dir):
+    """The notebook's live summaries (section 3.5) equal the results file's rows for the same dialogues."""
+    import torch
+    from notebook import run_cells
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lab_utils.data import load_dialogsum_csv
+    from lab_utils.evaluation import summarize
+
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    frame = read_results_file(run / RESULTS_FILE)
+    dataset = load_dialogsum_csv(data_dir)
+    ns = run_cells(
+        ["live-summaries"],
+        {
+            "settings": tiny_settings.replace(eval_dialogues=4),
+            "dataset": dataset,
+            "tokenizer": AutoTokenizer.from_pretrained(tiny_settings.model_path_or_id),
+            "original_model": AutoModelForSeq2SeqLM.from_pretrained(
+                tiny_settings.model_path_or_id, dtype=torch.float32
+            ),
+            "instruct_model": AutoModelForSeq2SeqLM.from_pretrained(run / FULL_CHECKPOINT, dtype=torch.float32),
+            "summarize": summarize,
+        },
+    )
+    n = len(ns["eval_rows"])
+    assert n == 12  # 4 dialogues x 3 references
+    assert ns["summaries"]["original"] == frame["original_model_summaries"].tolist()[:n]
+    assert ns["summaries"]["instruct"] == frame["instruct_model_summaries"].tolist()[:n]
+
+
+def test_a_typo_on_a_finished_run_changes_nothing(tiny_settings, monkeypatch, capsys):
+    from lab_utils.__main__ import main
+
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    before = snapshot(run)
+    for name in (
+        "data_dir",
+        "model_id",
+        "work_dir",
+        "instructor_full_steps",
+        "instructor_lora_steps",
+        "instructor_topic_steps",
+        "max_new_tokens",
+        "max_source_length",
+        "train_batch_size",
+        "eval_batch_size",
+        "no_repeat_ngram_size",
+    ):
+        monkeypatch.setenv("LAB_" + name.upper(), str(getattr(tiny_settings, name)))
+    for variable, value in (("LAB_TRAIN_BATCH_SIZE", "0"), ("LAB_MAX_NEW_TOKENS", "0"), ("LAB_FULL_LR", "inf")):
+        monkeypatch.setenv(variable, value)
+        assert main(["--profile", "offline", "instructor", "--no-upload"]) == 2
+        assert variable in capsys.readouterr().err
+        monkeypatch.setenv(variable, str(getattr(tiny_settings, variable[4:].lower())))
+    assert snapshot(run) == before
+
+
+def test_a_changed_generation_setting_regenerates_without_retraining(tiny_settings, capsys):
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    checkpoints = {n: snapshot(run / n) for n in (FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT)}
+    capsys.readouterr()
+    run_instructor(tiny_settings.replace(max_new_tokens=5), upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "Training" not in out and "Wrote" in out
+    assert {n: snapshot(run / n) for n in checkpoints} == checkpoints
+
+
+def test_a_changed_recipe_keeps_the_old_stage_until_the_new_one_is_done(tiny_settings, monkeypatch, capsys):
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    old = snapshot(run / PEFT_CHECKPOINT)
+
+    # the retraining crashes: the finished adapter is still on disk, set aside
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("transformers.Seq2SeqTrainer.train", crash)
+    changed = tiny_settings.replace(instructor_lora_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_instructor(changed, upload=False, progress=False)
+    assert snapshot(run / (PEFT_CHECKPOINT + ".previous")) == old
+    monkeypatch.undo()
+
+    # back to the old settings: the adapter set aside comes back, nothing is trained
+    capsys.readouterr()
+    run_instructor(tiny_settings, upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "brought back" in out and "Training" not in out
+    assert snapshot(run / PEFT_CHECKPOINT) == old
+
+    # the new settings, to the end: only that stage is retrained, and what was set aside is gone
+    capsys.readouterr()
+    run_instructor(changed, upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "Training the LoRA adapter: 4 steps" in out and "Training the full" not in out
+    assert not (run / (PEFT_CHECKPOINT + ".previous")).exists()
+
+
+def test_the_data_is_part_of_the_run_s_identity(tiny_settings, tmp_path, capsys):
+    from conftest import write_dialogsum
+
+    run_instructor(tiny_settings, upload=False, progress=False)
+    bigger = write_dialogsum(tmp_path / "more", n_test_dialogues=8)  # same seed: same training rows, more tests
+    capsys.readouterr()
+    run = run_instructor(tiny_settings.replace(data_dir=str(bigger)), upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "Training" not in out and "Wrote" in out
+    assert len(read_results_file(run / RESULTS_FILE)) == 24
+
+
+def test_a_diverging_run_stops_before_saving_or_publishing(tiny_settings, local_s3, capsys, monkeypatch):
+    import math
+
+    real_log = {}
+
+    def diverge(self, logs, *args, **kwargs):  # the trainer's logging: report a non-finite loss
+        logs = dict(logs, loss=math.nan) if "loss" in logs else logs
+        real_log["log"](self, logs, *args, **kwargs)
+
+    from transformers import Trainer
+
+    real_log["log"] = Trainer.log
+    monkeypatch.setattr(Trainer, "log", diverge)
+    with pytest.raises(LabError, match="diverged: loss = nan at step 1; nothing was saved") as error:
+        publish_run(tiny_settings, progress=False)
+    assert "LAB_FULL_LR" in error.value.fix
+    run = run_dir(tiny_settings)
+    assert not (run / FULL_CHECKPOINT).exists()
+    import boto3
+
+    listed = boto3.client("s3").list_objects_v2(Bucket="lab-test", Prefix=tiny_settings.s3_uri.split("/", 3)[3])
+    assert listed.get("KeyCount", 0) == 0  # nothing published
+
+
+def test_empty_summaries_are_never_written_or_published(tiny_settings, local_s3, monkeypatch):
+    from lab_utils import evaluation  # the instructor imports `summarize` from here when its stage runs
+
+    original = evaluation.summarize
+
+    def silent_peft(model, tokenizer, dialogues, settings, **kwargs):
+        texts = original(model, tokenizer, dialogues, settings, **kwargs)
+        return [""] * len(texts) if kwargs.get("desc") == "peft_model" else [t or "x" for t in texts]
+
+    monkeypatch.setattr(evaluation, "summarize", silent_peft)
+    with pytest.raises(LabError, match="peft model summaries are empty for 18 of 18 test rows"):
+        publish_run(tiny_settings, progress=False)
+    assert not (run_dir(tiny_settings) / RESULTS_FILE).exists()
+
+
+def test_a_second_instructor_on_the_same_run_stops_with_a_message(tiny_settings):
+    with run_lock(run_dir(tiny_settings)):
+        with pytest.raises(LabError, match="another instructor command .* is working in") as error:
+            run_instructor(tiny_settings, upload=False, progress=False)
+    assert "wait for it" in error.value.fix
+
+
+def test_a_missing_bucket_is_found_before_training(tiny_settings, local_s3, monkeypatch, capsys):
+    monkeypatch.setattr("lab_utils.backstage.publish.is_local", lambda client: False)  # as on AWS: never create it
+    with pytest.raises(LabError, match="The bucket s3://never-made/ .* does not exist"):
+        publish_run(tiny_settings.replace(s3_uri="s3://never-made/models/"), progress=False)
+    assert "Training" not in capsys.readouterr().out
+    assert not (run_dir(tiny_settings) / FULL_CHECKPOINT).exists()
+
+
+def test_a_damaged_stage_record_is_set_aside_and_the_stage_redone(tiny_settings, capsys):
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    (run / "stages" / "lora.json").write_text('{"original": "ab')  # truncated
+    capsys.readouterr()
+    run_instructor(tiny_settings, upload=False, progress=False)
+    out = capsys.readouterr().out
+    assert "was damaged" in out and "Training the LoRA adapter" in out and "Training the full" not in out
+    assert (run / "stages" / "lora.json.damaged").is_file()
+    json.loads((run / "stages" / "lora.json").read_text())
+
+
 def test_cli_reports_bad_configuration_in_one_line(monkeypatch, capsys):
     from lab_utils.__main__ import main
 
@@ -58,13 +277,5 @@ def test_cli_reports_bad_configuration_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("LAB_MODEL_ID", "/nonexistent/model")
     assert main(["instructor", "--no-upload"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: `LAB_DATA_DIR`='/nonexistent/dialogsum' is not a folder")
-    assert "Traceback" not in err
-
-
-def test_changed_training_settings_start_the_run_afresh(tiny_settings, capsys):
-    publish_run(tiny_settings, upload=False, progress=False)
-    capsys.readouterr()
-    publish_run(tiny_settings.replace(instructor_lora_steps=4), upload=False, progress=False)
-    out = capsys.readouterr().out
-    assert "training settings changed" in out and "Training the LoRA adapter: 4 steps" in out
+    assert err.startswith("error: checkpoint folder /nonexistent/model does not exist")
+    assert "build-model" in err and "Traceback" not in err

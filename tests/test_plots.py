@@ -44,7 +44,7 @@ def test_loss_curves_from_train_logs(tmp_path):
     log = [{"loss": 5.0, "step": 10}, {"loss": 4.0, "step": 20}, {"train_runtime": 3.0, "step": 20}]
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "train_log.json").write_text(json.dumps(log))
-    assert read_train_log(tmp_path / "ckpt") == [(10, 5.0), (20, 4.0)]
+    assert read_train_log(tmp_path / "ckpt") == log
     assert read_train_log(tmp_path / "missing") == []
     fig = plot_loss_curves({"full": read_train_log(tmp_path / "ckpt"), "none": []}, path=tmp_path / "l.png")
     assert len(fig.axes[0].lines) == 1

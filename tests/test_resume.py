@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_dialogsum
+from conftest import SETTINGS, write_dialogsum
 
 from lab_utils.evaluation import summarize
 
@@ -31,7 +31,7 @@ def _dialogues(data_dir):
 
 def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir, tmp_path):
     dialogues = _dialogues(data_dir)
-    expected = summarize(tiny_model, tokenizer, dialogues, GEN, batch_size=2, progress=False)
+    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False)
     cache = tmp_path / "gen.jsonl"
 
     calls = {"n": 0}
@@ -45,11 +45,11 @@ def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir,
 
     tiny_model.generate = failing_generate
     with pytest.raises(Boom):
-        summarize(tiny_model, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=cache)
+        summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
     assert len(cache.read_text().splitlines()) == 2  # two finished batches are on disk
 
     calls["n"] = -100  # no more failures; count the batches generated on resume
-    resumed = summarize(tiny_model, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=cache)
+    resumed = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
     assert resumed == expected
     assert calls["n"] == -100 + 1  # 6 dialogues / 2 per batch = 3 batches, 2 were cached
 
@@ -57,18 +57,28 @@ def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir,
 def test_torn_last_line_and_foreign_cache_are_not_trusted(tiny_model, tokenizer, data_dir, tmp_path):
     dialogues = _dialogues(data_dir)
     cache = tmp_path / "gen.jsonl"
-    expected = summarize(tiny_model, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=cache)
+    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
     lines = cache.read_text().splitlines(keepends=True)
     cache.write_text("".join(lines[:2]) + lines[2][:10])  # killed while writing the third batch
-    assert summarize(tiny_model, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=cache) == expected
+    assert (
+        summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+        == expected
+    )
     assert len(cache.read_text().splitlines()) == 3
 
     # other generation settings: the cache is discarded, not mixed in
     other = summarize(
-        tiny_model, tokenizer, dialogues, {**GEN, "max_new_tokens": 3}, batch_size=2, progress=False, cache=cache
+        tiny_model,
+        tokenizer,
+        dialogues,
+        SETTINGS,
+        {**GEN, "max_new_tokens": 3},
+        batch_size=2,
+        progress=False,
+        cache=cache,
     )
     assert other == summarize(
-        tiny_model, tokenizer, dialogues, {**GEN, "max_new_tokens": 3}, batch_size=2, progress=False
+        tiny_model, tokenizer, dialogues, SETTINGS, {**GEN, "max_new_tokens": 3}, batch_size=2, progress=False
     )
 
 
@@ -84,18 +94,18 @@ def _instructor(env: dict[str, str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_path):
+def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_path, standin_dir):
     data = write_dialogsum(tmp_path / "dialogsum", n_train=40, n_test_dialogues=60, seed=3)
     work = tmp_path / "work"
     env = {
         **os.environ,
         "LAB_PROFILE": "offline",
         "LAB_DATA_DIR": str(data),
-        "LAB_MODEL_ID": str(tmp_path / "stand-in"),
+        "LAB_MODEL_ID": str(standin_dir),
         "LAB_WORK_DIR": str(work),
-        "LAB_PRETRAIN_STEPS": "2",
         "LAB_INSTRUCTOR_FULL_STEPS": "2",
         "LAB_INSTRUCTOR_LORA_STEPS": "2",
+        "LAB_INSTRUCTOR_TOPIC_STEPS": "2",
         "LAB_TRAIN_BATCH_SIZE": "4",
         "LAB_EVAL_BATCH_SIZE": "2",
         "LAB_MAX_NEW_TOKENS": "24",
@@ -124,20 +134,37 @@ def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_p
     interrupted = results.read_bytes()
 
     # the same stage, uninterrupted, on the same checkpoints
-    results.unlink()
+    results.unlink()  # (the run notices its results stage is incomplete and generates it again)
     proc = _instructor(env)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and "resuming" not in out
     assert results.read_bytes() == interrupted
 
 
+def test_a_damaged_cache_line_is_set_aside_and_generation_redone(tiny_model, tokenizer, data_dir, tmp_path):
+    dialogues = _dialogues(data_dir)
+    cache = tmp_path / "gen.jsonl"
+    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text(lines[0] + "this is not JSON\n" + lines[1])  # something else wrote into the cache
+    with pytest.warns(UserWarning, match="had a damaged line; moved it to .*gen.jsonl.damaged"):
+        again = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+    assert again == expected
+    assert (tmp_path / "gen.jsonl.damaged").read_text().count("\n") == 3
+    assert len(cache.read_text().splitlines()) == 3
+
+
 def test_int8_generation_can_use_the_cache(tiny_model, tokenizer, data_dir, tmp_path):
-    from lab_utils.inference import prepare_for_inference
+    from lab_utils.backstage.inference import prepare_for_inference
     from lab_utils.models import fingerprint
 
     quantized = prepare_for_inference(tiny_model, "int8")
     assert fingerprint(quantized) != fingerprint(tiny_model)  # a different model: its own cache key
     dialogues = _dialogues(data_dir)
-    first = summarize(quantized, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl")
-    again = summarize(quantized, tokenizer, dialogues, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl")
+    first = summarize(
+        quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl"
+    )
+    again = summarize(
+        quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl"
+    )
     assert first == again and len((tmp_path / "q.jsonl").read_text().splitlines()) == 3

@@ -16,9 +16,10 @@ import pytest
 from faultproxy import FaultProxy
 
 from lab_utils import checkpoints
-from lab_utils.checkpoints import pull_checkpoint, push_checkpoint, s3_client
+from lab_utils.backstage.local_s3 import LocalS3
+from lab_utils.backstage.publish import push_checkpoint
+from lab_utils.checkpoints import pull_checkpoint, s3_client
 from lab_utils.errors import LabError
-from lab_utils.s3local import LocalS3
 
 MB = 1024 * 1024
 

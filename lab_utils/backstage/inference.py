@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import LabError
+from ..errors import LabError
 
 INFERENCE_MODES = ("fp32", "int8", "bf16")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import LabError
+from ..errors import LabError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -177,16 +177,43 @@ def build_offline_model(
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
-    tokenizer = train_tokenizer(train_texts, tmp, seed=seed)
-    print(f"Tokenizer: SentencePiece unigram, {len(tokenizer):,} tokens ({time.time() - t0:.0f} s)")
-    model = build_tiny_t5(len(tokenizer), seed=seed)
-    print(f"Model: tiny T5 v1.1, {sum(p.numel() for p in model.parameters()):,} parameters, untied lm_head")
-    losses = pretrain_span_corruption(model, tokenizer, train_texts, steps=pretrain_steps, seed=seed, progress=progress)
-    if losses:
-        print(f"Span-corruption pretraining: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    model.save_pretrained(tmp)
-    # written last and renamed into place: a crash never leaves a half-built model under the final name
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tokenizer = train_tokenizer(train_texts, tmp, seed=seed)
+        print(f"Tokenizer: SentencePiece unigram, {len(tokenizer):,} tokens ({time.time() - t0:.0f} s)")
+        model = build_tiny_t5(len(tokenizer), seed=seed)
+        print(f"Model: tiny T5 v1.1, {sum(p.numel() for p in model.parameters()):,} parameters, untied lm_head")
+        losses = pretrain_span_corruption(
+            model, tokenizer, train_texts, steps=pretrain_steps, seed=seed, progress=progress
+        )
+        if not all(math.isfinite(x) for x in losses):
+            raise LabError("pretraining the stand-in diverged (a non-finite loss)", "lower the pretraining rate")
+        print(f"Pretraining: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+        model.half().save_pretrained(tmp)  # fp16 on disk: half the size; loaded as float32
+        # renamed into place when complete: a crash never leaves a half-built model under the final name
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"Saved the offline original model to {out} ({time.time() - t0:.0f} s)")
     return out
+
+
+def build_standin(settings, out: str | Path, progress: bool = True) -> Path:
+    """`python -m lab_utils build-model`: train the stand-in's tokenizer and pretrain it on DialogSum's text."""
+    from ..config import RELEASE_DIR, looks_like_hub_id
+    from ..data import load_dialogsum
+
+    if looks_like_hub_id(str(out)):
+        raise LabError(
+            f"{out!r} looks like a Hugging Face Hub id, and the lab never creates a Hub id as a local folder",
+            "give a folder path, e.g. --out data/offline/flan-t5-tiny (or ./name for a folder in the project)",
+        )
+    out = settings.path(out)
+    if out == RELEASE_DIR / "flan-t5-tiny" or RELEASE_DIR in out.parents:
+        raise LabError(
+            f"{out} is inside the committed release",
+            "build into data/ (the default), run the instructor on it, then `python -m lab_utils release`",
+        )
+    train = load_dialogsum(settings)["train"]
+    texts = list(train["dialogue"]) + list(train["summary"])
+    return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)

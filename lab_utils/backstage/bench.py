@@ -1,4 +1,4 @@
-"""`python -m lab_utils.bench`: what the lab's speed-ups are worth on this machine, measured in one run.
+"""`python -m lab_utils bench`: what the lab's speed-ups are worth on this machine, measured in one run.
 
 Needs no download: the flan-t5-base architecture is built with random weights from its public config values
 (timings and memory do not depend on the weights), the prompts are DialogSum's, and the tokenizer is the offline
@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .errors import LabError
+from ..errors import LabError
 
 PARTS = ("a", "b", "c", "d", "e", "f")
 PART_TITLES = {
@@ -204,6 +204,19 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _bench_settings(sz: Sizes):
+    """The course profile's settings with the benchmark's lengths and batch (what `summarize` and the recipe read)."""
+    from ..config import load_settings
+
+    return load_settings(
+        "course",
+        environ={},
+        max_source_length=sz.max_source_length,
+        max_target_length=sz.max_target_length,
+        eval_batch_size=sz.eval_batch_size,
+    )
+
+
 def _fixed_length(max_new_tokens: int) -> dict:
     """Greedy decoding of exactly `max_new_tokens` tokens: every summary costs the same work."""
     return {"max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens, "num_beams": 1, "do_sample": False}
@@ -214,7 +227,7 @@ def _course_generate(model, tokenizer, dialogues: list[str], gen_kwargs: dict, m
 
     Unlike the course, prompts are truncated at `max_length` as `summarize` does, so both read the same tokens.
     """
-    from .data import build_prompt
+    from ..data import build_prompt
 
     out = []
     for dialogue in dialogues:
@@ -233,7 +246,7 @@ def _course_batches(tokenizer, examples: list[dict], batch_size: int, pad_length
     """
     import torch
 
-    from .data import build_prompt
+    from ..data import build_prompt
 
     batches = []
     for start in range(0, len(examples), batch_size):
@@ -253,21 +266,20 @@ def _course_batches(tokenizer, examples: list[dict], batch_size: int, pad_length
 
 
 def _our_batches(tokenizer, examples: list[dict], batch_size: int, sizes: Sizes, seed: int = 42) -> list[dict]:
-    """The lab's preprocessing: `tokenize_function` + `make_collator` (pad to the longest, labels -100), with
+    """The lab's preprocessing: the recipe's tokenization and collator (pad to the longest, labels -100), with
     examples grouped by length as `group_by_length=True` does (batch order shuffled)."""
     import random
 
-    from .data import make_collator, tokenize_function
+    from datasets import Dataset, DatasetDict
 
-    enc = tokenize_function(
-        {"dialogue": [e["dialogue"] for e in examples], "summary": [e["summary"] for e in examples]},
-        tokenizer,
-        sizes.max_source_length,
-        sizes.max_target_length,
-    )
-    features = [{k: enc[k][i] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(examples))]
+    from .recipe import data_collator, tokenize
+
+    rows = {k: [e[k] for e in examples] for k in ("dialogue", "summary")}
+    settings = _bench_settings(sizes)
+    enc = tokenize(DatasetDict({"train": Dataset.from_dict(rows)}), tokenizer, settings)["train"]
+    features = [dict(f) for f in enc]
     features.sort(key=lambda f: -len(f["input_ids"]))
-    collate = make_collator(tokenizer)
+    collate = data_collator(tokenizer, None)
     batches = [collate(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
     random.Random(seed).shuffle(batches)
     return [dict(b) for b in batches]
@@ -279,7 +291,7 @@ def typical_examples(tokenizer, pool: list[dict], n: int) -> list[dict]:
     `group_by_length` batches examples of similar length, so a typical step sees the median length, not the
     longest: measuring the middle of a random pool gives the usual step time (and peak memory) of training.
     """
-    from .data import build_prompt
+    from ..data import build_prompt
 
     lengths = [len(ids) for ids in tokenizer([build_prompt(e["dialogue"]) for e in pool]).input_ids]
     order = sorted(range(len(pool)), key=lambda i: lengths[i])
@@ -369,22 +381,20 @@ def measure_matmul_flops(n: int, min_seconds: float = 1.0) -> float:
 
 def measure_evaluation(sizes: dict, tokenizer_dir: str, test_dialogues: list[str]) -> dict:
     """(a) Seconds for the course's row-by-row loop and for `summarize`, over the same test rows."""
-    from .evaluation import summarize
+    from ..evaluation import summarize
 
     sz = Sizes(**sizes)
     model, tokenizer = _build_model(sz.model), _load_tokenizer(tokenizer_dir)
     gen = _fixed_length(sz.eval_new_tokens)
-    limit = sz.max_source_length
+    limit, settings = sz.max_source_length, _bench_settings(sz)
     # warm-up of both paths (one-off allocations), on the first dialogue
     _course_generate(model, tokenizer, test_dialogues[:1], _fixed_length(2), limit)
-    summarize(model, tokenizer, test_dialogues[:1], _fixed_length(2), max_source_length=limit, progress=False)
+    summarize(model, tokenizer, test_dialogues[:1], settings, _fixed_length(2), progress=False)
     t0 = time.perf_counter()
     _course_generate(model, tokenizer, test_dialogues, gen, limit)
     course = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summarize(
-        model, tokenizer, test_dialogues, gen, batch_size=sz.eval_batch_size, max_source_length=limit, progress=False
-    )
+    summarize(model, tokenizer, test_dialogues, settings, gen, progress=False)
     ours = time.perf_counter() - t0
     return {
         "rows": len(test_dialogues),
@@ -441,7 +451,8 @@ def measure_lora_vs_full(
     activations one step keeps for the backward pass; with `checkpointing`, gradient checkpointing is on (each
     block's activations are recomputed in the backward pass instead of kept), as `LAB_GRADIENT_CHECKPOINTING=1`
     does in the lab."""
-    from .models import count_parameters, lora_config
+    from ..models import count_parameters
+    from .recipe import lora_config
 
     sz = Sizes(**sizes)
     tokenizer = _load_tokenizer(tokenizer_dir)
@@ -449,9 +460,9 @@ def measure_lora_vs_full(
     if lora:
         from peft import get_peft_model
 
-        # in place: the lab's add_lora deep-copies the model first (to keep the original), which would add one
-        # more copy of the weights to the peak that has nothing to do with training
-        model = get_peft_model(model, lora_config(r=32, lora_alpha=32, target_modules=("q", "v"), model=model))
+        # in place: the lab wraps a deep copy (to keep the original), which would add one more copy of the weights
+        # to the peak that has nothing to do with training
+        model = get_peft_model(model, lora_config())
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # what the Trainer does too: no decoder cache while training
@@ -471,12 +482,12 @@ def save_models_for_inference(sizes: dict, out_dir: str) -> dict:
     """(d) Save a random flan-t5-base and a LoRA adapter for it (as the instructor's run would)."""
     from peft import get_peft_model
 
-    from .models import lora_config
+    from .recipe import lora_config
 
     sz = Sizes(**sizes)
     model = _build_model(sz.model)
     model.save_pretrained(Path(out_dir) / "full")
-    peft_model = get_peft_model(model, lora_config(model=model))
+    peft_model = get_peft_model(model, lora_config())
     peft_model.save_pretrained(Path(out_dir) / "adapter")
     return {}
 
@@ -484,37 +495,37 @@ def save_models_for_inference(sizes: dict, out_dir: str) -> dict:
 def measure_inference_memory(sizes: dict, tokenizer_dir: str, out_dir: str, dialogues: list[str], peft: bool) -> dict:
     """(d) Load the full model, or base + adapter with `PeftModel.from_pretrained(is_trainable=False)`, and
     summarize one batch; the parent reads this process's peak resident memory."""
-    from .evaluation import summarize
-    from .models import load_model
+    from transformers import AutoModelForSeq2SeqLM
+
+    from ..evaluation import summarize
 
     sz = Sizes(**sizes)
     tokenizer = _load_tokenizer(tokenizer_dir)
-    model = load_model(Path(out_dir) / "full")
+    model = AutoModelForSeq2SeqLM.from_pretrained(Path(out_dir) / "full")
     if peft:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(Path(out_dir) / "adapter"), is_trainable=False)
-    gen, limit = _fixed_length(sz.max_new_tokens), sz.max_source_length
-    summarize(model, tokenizer, dialogues, gen, batch_size=sz.eval_batch_size, max_source_length=limit, progress=False)
+    summarize(model, tokenizer, dialogues, _bench_settings(sz), _fixed_length(sz.max_new_tokens), progress=False)
     return {}
 
 
 def measure_inference_modes(sizes: dict, tokenizer_dir: str, dialogues: list[str]) -> dict:
     """(f) Seconds for `summarize` with fp32, int8 and (where the CPU has it) bf16, same prompts, fixed length."""
-    from .evaluation import summarize
+    from ..evaluation import summarize
     from .inference import cpu_supports_bf16, prepare_for_inference
 
     sz = Sizes(**sizes)
     model, tokenizer = _build_model(sz.model), _load_tokenizer(tokenizer_dir)
-    gen, limit = _fixed_length(sz.max_new_tokens), sz.max_source_length
-    kw = dict(batch_size=sz.eval_batch_size, max_source_length=limit, progress=False)
+    gen, settings = _fixed_length(sz.max_new_tokens), _bench_settings(sz)
+    kw = dict(progress=False)
     modes = ["fp32", "int8"] + (["bf16"] if cpu_supports_bf16() else [])
     result: dict = {"dialogues": len(dialogues), "bf16_supported": "bf16" in modes}
     for mode in modes:
         prepared = prepare_for_inference(model, mode)
-        summarize(prepared, tokenizer, dialogues[:1], gen, **kw)  # warm-up
+        summarize(prepared, tokenizer, dialogues[:1], settings, gen, **kw)  # warm-up
         t0 = time.perf_counter()
-        summarize(prepared, tokenizer, dialogues, gen, **kw)
+        summarize(prepared, tokenizer, dialogues, settings, gen, **kw)
         result[f"{mode}_s"] = time.perf_counter() - t0
         del prepared
     return result
@@ -527,13 +538,15 @@ def measure_standin_rouge(
 
     Generation settings are the offline profile's (the lab's), `max_new_tokens` aside when given.
     """
-    from .config import load_settings
-    from .evaluation import compute_rouge, generation_kwargs, summarize
-    from .inference import cpu_supports_bf16, prepare_for_inference
-    from .models import load_model
+    from transformers import AutoModelForSeq2SeqLM
 
-    settings = load_settings("offline")
-    model, tokenizer = load_model(Path(model_dir)), _load_tokenizer(tokenizer_dir)
+    from ..config import load_settings
+    from ..evaluation import compute_rouge, generation_kwargs, summarize
+    from .inference import cpu_supports_bf16, prepare_for_inference
+
+    settings = load_settings("offline", environ={})
+    model = AutoModelForSeq2SeqLM.from_pretrained(Path(model_dir), dtype="float32")
+    tokenizer = _load_tokenizer(tokenizer_dir)
     gen = generation_kwargs(settings)
     if max_new_tokens:
         gen["max_new_tokens"] = max_new_tokens
@@ -542,15 +555,7 @@ def measure_standin_rouge(
     for mode in modes:
         prepared = prepare_for_inference(model, mode)
         t0 = time.perf_counter()
-        preds = summarize(
-            prepared,
-            tokenizer,
-            dialogues,
-            gen,
-            batch_size=settings.eval_batch_size,
-            max_source_length=settings.max_source_length,
-            progress=False,
-        )
+        preds = summarize(prepared, tokenizer, dialogues, settings, gen, progress=False)
         result[f"{mode}_s"] = time.perf_counter() - t0
         result[f"{mode}_rouge"] = compute_rouge(preds, references)
     return result
@@ -561,7 +566,7 @@ def measure_standin_rouge(
 
 def default_sizes(smoke: bool) -> Sizes:
     """The flan-t5-base architecture with the default sizes, or a tiny model and a few examples (`--smoke`)."""
-    from .offline import FLAN_T5_BASE_CONFIG, TINY_CONFIG
+    from .standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG
 
     if not smoke:
         return Sizes(model=dict(FLAN_T5_BASE_CONFIG))
@@ -588,7 +593,7 @@ def prepare_tokenizer(settings, train_texts: list[str], work: Path, smoke: bool)
     standin = settings.path(settings.model_id)
     if (standin / "tokenizer_config.json").is_file():
         return str(standin), f"the offline stand-in's ({standin})"
-    from .offline import TINY_VOCAB, train_tokenizer
+    from .standin import TINY_VOCAB, train_tokenizer
 
     texts = train_texts[:600] if smoke else train_texts
     t0 = time.perf_counter()
@@ -605,8 +610,8 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 def run(args) -> dict:
     """Measure the requested parts and return every number (seconds, MB, FLOP/s) and the ratios between them."""
-    from .config import load_settings
-    from .data import load_dialogsum_csv
+    from ..config import load_settings
+    from ..data import load_dialogsum_csv
 
     sizes = default_sizes(args.smoke)
     flags = ("rows", "batch_size", "lora_batch_size", "eval_batch_size", "steps", "lora_steps")
@@ -783,10 +788,11 @@ def _lora_vs_full(sz: dict, threads: int, tok_dir: str, examples: list[dict], ch
 
 def _standin_rouge(settings, test, sizes: Sizes, threads: int) -> dict:
     """(f) ROUGE change of int8 / bf16 on the stand-in's trained instruct model, or why it was skipped."""
-    from .instructor import FULL_CHECKPOINT, run_dir
+    from ..checkpoints import FULL_CHECKPOINT
+    from ..config import RELEASE_DIR
 
-    tokenizer_dir = settings.path(settings.model_id)
-    checkpoint = run_dir(settings) / FULL_CHECKPOINT
+    tokenizer_dir = RELEASE_DIR / "flan-t5-tiny"
+    checkpoint = RELEASE_DIR / FULL_CHECKPOINT
     missing = [p for p in (tokenizer_dir / "tokenizer_config.json", checkpoint / "config.json") if not p.is_file()]
     if missing:
         why = f"{missing[0].parent} is absent"
@@ -797,7 +803,7 @@ def _standin_rouge(settings, test, sizes: Sizes, threads: int) -> dict:
         return {"skipped": why}
     if (checkpoint / "tokenizer_config.json").is_file():
         tokenizer_dir = checkpoint
-    from .data import first_dialogue_rows
+    from ..data import first_dialogue_rows
 
     rows = first_dialogue_rows(test, sizes.rouge_dialogues)
     print(f"    stand-in ROUGE: {checkpoint.name}, {len(rows)} test rows ({sizes.rouge_dialogues} dialogues)")
@@ -913,7 +919,7 @@ def print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lab_utils.bench",
+        prog="python -m lab_utils bench",
         description="Measure the lab's speed-ups on this machine (flan-t5-base architecture, random weights).",
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny model and a few examples (< 60 s)")

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import LabError
+from ..errors import LabError
 
 HOST = "127.0.0.1"  # fixed on purpose: this server must never listen on or talk to anything else
 

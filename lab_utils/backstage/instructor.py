@@ -1,0 +1,410 @@
+"""The instructor command: train what the notebook trains, for longer; summarize the whole test set; publish.
+
+Stages, each with its own folder in `data/<profile>/instructor-run/` and an identity (what its result depends on:
+the original model's weights, the data, the recipe, the generation settings), kept in `stages/<stage>.json`:
+
+  full     the fully fine-tuned ("instruct") model          -> flan-dialogue-summary-checkpoint/
+  lora     the LoRA adapter for summaries                    -> peft-dialogue-summary-checkpoint/
+  topic    a second LoRA adapter: the dialogue's topic       -> peft-dialogue-topic-checkpoint/
+  results  every test row summarized by the three models     -> dialogue-summary-training-results.csv
+           and every test dialogue's topic by the topic adapter -> dialogue-topic-results.csv
+
+A re-run reuses every stage whose identity is unchanged: a changed generation setting regenerates, it does not
+retrain. A stage whose identity changed is moved aside (`<name>.previous`) and removed only once its replacement is
+complete; running again with the old settings brings it back instead of training it again. Every stage is written
+under a temporary name and renamed when complete, and checked (finite losses and weights, no empty summary) before
+anything is published. One instructor process at a time works on a run folder (a lock).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT
+from ..config import Settings
+from ..errors import LabError
+from .recipe import is_main_process
+
+TOPIC_RESULTS_FILE = "dialogue-topic-results.csv"
+# the settings each stage's result depends on (besides the original model's weights and the data)
+TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
+GENERATION_SETTINGS = ("max_source_length", "max_new_tokens", "no_repeat_ngram_size", "eval_batch_size")
+
+
+def run_dir(settings: Settings) -> Path:
+    """Where the instructor's run for this profile is written."""
+    return settings.work_path / settings.profile / "instructor-run"
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    """Write JSON under a temporary name, flush it to disk, then rename: a crash leaves the old file or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def text_digest(*columns) -> str:
+    """A short hash of some text columns (the data a stage learned from or generated for)."""
+    h = hashlib.sha256()
+    for column in columns:
+        for text in column:
+            h.update(text.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+class Stages:
+    """The stages of one run folder: their identities, reuse, setting aside and restoring."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.records = root / "stages"
+
+    def _record(self, stage: str) -> Path:
+        return self.records / f"{stage}.json"
+
+    def identity(self, stage: str, previous: bool = False) -> dict | None:
+        """The identity recorded for a stage (or its set-aside copy); a damaged record is set aside with a warning."""
+        path = self._record(stage + (".previous" if previous else ""))
+        if not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            return value
+        except (ValueError, UnicodeDecodeError) as exc:
+            aside = path.with_name(path.name + ".damaged")
+            path.replace(aside)
+            print(f"Warning: {path} was damaged ({exc}); moved it to {aside.name}; the stage '{stage}' is done again.")
+            return None
+
+    def done(self, stage: str, outputs: list[Path], identity: dict) -> bool:
+        """True when the stage is complete with this identity. Otherwise its outputs are set aside (or a set-aside
+        copy with this identity is brought back, which also counts as done)."""
+        if self.identity(stage) == identity and all(p.exists() for p in outputs):
+            return True
+        if any(p.exists() for p in outputs):
+            self._set_aside(stage, outputs)
+        if self.identity(stage, previous=True) == identity and all(_previous(p).exists() for p in outputs):
+            for p in outputs:
+                _previous(p).rename(p)
+            self._record(stage + ".previous").rename(self._record(stage))
+            print(f"Stage '{stage}': brought back the result set aside earlier (same settings).")
+            return True
+        return False
+
+    def _set_aside(self, stage: str, outputs: list[Path]) -> None:
+        print(
+            f"Stage '{stage}': settings or inputs changed; its earlier result is kept aside until the new one is done."
+        )
+        for p in outputs:
+            _remove(_previous(p))
+            if p.exists():
+                p.rename(_previous(p))
+        record = self._record(stage)
+        if record.is_file():
+            record.replace(self._record(stage + ".previous"))
+        else:
+            self._record(stage + ".previous").unlink(missing_ok=True)
+
+    def complete(self, stage: str, outputs: list[Path], identity: dict) -> None:
+        """Record a finished stage and drop what was set aside for it."""
+        self.records.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self._record(stage), identity)
+        for p in outputs:
+            _remove(_previous(p))
+        self._record(stage + ".previous").unlink(missing_ok=True)
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(root: Path):
+    """Hold the run folder's lock; a second instructor process on the same folder stops with a clear message."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LabError(
+                f"another instructor command ({holder}) is working in {root}",
+                "wait for it to finish (or stop it), then run this command again; it reuses what that one finished",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_losses(log_history: list[dict], what: str, setting: str) -> None:
+    """Stop with a clear message when training produced a non-finite loss or gradient norm (it diverged)."""
+    for entry in log_history:
+        for key in ("loss", "grad_norm"):
+            value = entry.get(key)
+            if value is not None and not math.isfinite(value):
+                raise LabError(
+                    f"training the {what} diverged: {key} = {value} at step {entry.get('step')}; nothing was saved",
+                    f"lower `{setting}` (now the learning rate that diverged) and run the command again",
+                )
+
+
+def _train_stage(model, tokenizer, train, out: Path, lr: float, steps: int, settings: Settings, what: str, setting):
+    """Train with the notebook's recipe for `steps` steps; rank 0 saves to `out` (via a temporary folder)."""
+    from .recipe import make_trainer, recipe_of, training_arguments
+
+    tmp = out.with_name(out.name + ".partial")
+    _remove(tmp)
+    print(f"Training the {what}: {steps} steps, learning rate {lr}, batch {settings.train_batch_size}", flush=True)
+    t0 = time.time()
+    args = training_arguments(settings, lr, tmp / "trainer", steps, logging_steps=max(1, steps // 50))
+    trainer = make_trainer(model, tokenizer, train, args)
+    trainer.train()
+    if not trainer.is_world_process_zero():
+        return  # data-parallel: the other processes helped train; rank 0 saves
+    check_losses(trainer.state.log_history, what, setting)
+    _remove(tmp / "trainer")
+    if settings.offline:
+        model.half()  # the offline release is committed to git: fp16 on disk, loaded as float32
+    model.save_pretrained(tmp)
+    if what.startswith("full"):  # a full checkpoint carries its tokenizer; an adapter is only the adapter
+        tokenizer.save_pretrained(tmp)
+    write_json_atomic(tmp / "train_log.json", trainer.state.log_history)
+    facts = {"world_size": args.world_size, "seconds": round(time.time() - t0), "recipe": recipe_of(args)}
+    write_json_atomic(tmp / "train_facts.json", facts)
+    tmp.rename(out)
+    print(f"Saved the {what} to {out} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def _check_summaries(column: str, texts: list[str]) -> None:
+    empty = sum(not t.strip() for t in texts)
+    if empty:
+        raise LabError(
+            f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results file was "
+            "not written (and nothing was published)",
+            "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
+        )
+
+
+def run_instructor(
+    settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32"
+) -> Path:
+    """Train, evaluate on the full test set, and (optionally) publish; returns the run folder.
+
+    `fast_inference` ("fp32", "int8" or "bf16") speeds up the test-set generation on CPUs (see the benchmark
+    command for its measured speed and ROUGE cost).
+    """
+    out = run_dir(settings)
+    if not is_main_process():
+        return _train_stages(settings, out, progress)
+    with run_lock(out):
+        if upload:
+            from .publish import check_publish_target
+
+            check_publish_target(settings)  # before hours of training, not after
+        _train_stages(settings, out, progress)
+        _results_stage(settings, out, progress, fast_inference)
+        if upload:
+            publish(settings, out)
+    return out
+
+
+def _load_original(settings: Settings):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from ..config import looks_like_hub_id
+    from ..models import check_model_dir
+
+    source = settings.model_path_or_id
+    if not looks_like_hub_id(settings.model_id):  # a local folder: check it before loading
+        check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
+    model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype="float32")
+    return model, AutoTokenizer.from_pretrained(source)
+
+
+def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict]:
+    base = {
+        "original": original_fp,
+        "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
+        **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
+    }
+    return {
+        "full": {**base, "lr": settings.full_lr, "steps": settings.instructor_full_steps},
+        "lora": {**base, "lr": settings.lora_lr, "steps": settings.instructor_lora_steps},
+        "topic": {**base, "lr": settings.lora_lr, "steps": settings.instructor_topic_steps, "task": "topic"},
+    }
+
+
+def _train_stages(settings: Settings, out: Path, progress: bool) -> Path:
+    from peft import get_peft_model
+
+    from ..data import build_topic_prompt, load_dialogsum
+    from ..models import fingerprint
+    from .recipe import lora_config, tokenize
+
+    original, tokenizer = _load_original(settings)
+    dataset = load_dialogsum(settings)
+    ids = _identities(settings, fingerprint(original), dataset)
+    stages = Stages(out)
+    plan = [
+        ("full", FULL_CHECKPOINT, settings.full_lr, settings.instructor_full_steps, "LAB_FULL_LR"),
+        ("lora", PEFT_CHECKPOINT, settings.lora_lr, settings.instructor_lora_steps, "LAB_LORA_LR"),
+        ("topic", TOPIC_CHECKPOINT, settings.lora_lr, settings.instructor_topic_steps, "LAB_LORA_LR"),
+    ]
+    what = {"full": "full fine-tuned (instruct) model", "lora": "LoRA adapter", "topic": "topic LoRA adapter"}
+    tokenized = {}
+    for stage, name, lr, steps, setting in plan:
+        folder = out / name
+        if is_main_process() and stages.done(stage, [folder], ids[stage]):
+            continue
+        if not is_main_process() and stages.identity(stage) == ids[stage] and folder.exists():
+            continue
+        task = "topic" if stage == "topic" else "summary"
+        if task not in tokenized:
+            prompt = build_topic_prompt if task == "topic" else None
+            tokenized[task] = tokenize(dataset, tokenizer, settings, prompt=prompt, target=task)["train"]
+        model = copy.deepcopy(original) if stage == "full" else get_peft_model(copy.deepcopy(original), lora_config())
+        _train_stage(model, tokenizer, tokenized[task], folder, lr, steps, settings, what[stage], setting)
+        if is_main_process():
+            stages.complete(stage, [folder], ids[stage])
+    return out
+
+
+def _results_stage(settings: Settings, out: Path, progress: bool, fast_inference: str) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from ..data import build_topic_prompt, load_dialogsum
+    from ..evaluation import RESULTS_COLUMNS, summarize, write_results_file
+    from ..models import check_adapter_dir, check_model_dir, fingerprint
+    from .inference import prepare_for_inference
+
+    original, tokenizer = _load_original(settings)
+    test = load_dialogsum(settings)["test"]
+    trained = {
+        name: json.dumps(Stages(out).identity(stage), sort_keys=True)
+        for stage, name in (("full", FULL_CHECKPOINT), ("lora", PEFT_CHECKPOINT), ("topic", TOPIC_CHECKPOINT))
+    }
+    identity = {
+        "models": trained,
+        "test": text_digest(test["id"], test["dialogue"], test["summary"], test["topic"]),
+        "fast_inference": fast_inference,
+        **{k: getattr(settings, k) for k in GENERATION_SETTINGS},
+    }
+    outputs = [out / RESULTS_FILE, out / TOPIC_RESULTS_FILE]
+    stages = Stages(out)
+    if stages.done("results", outputs, identity):
+        return
+    full_dir = check_model_dir(out / FULL_CHECKPOINT, finite=True, fix="run the command again to retrain it")
+    for name in (PEFT_CHECKPOINT, TOPIC_CHECKPOINT):
+        check_adapter_dir(out / name, original, settings.model_id, fix="run the command again to retrain it")
+
+    def adapter(name):
+        return PeftModel.from_pretrained(copy.deepcopy(original), out / name, is_trainable=False)
+
+    models = {
+        "original_model_summaries": lambda: original,
+        "instruct_model_summaries": lambda: AutoModelForSeq2SeqLM.from_pretrained(full_dir, dtype="float32"),
+        "peft_model_summaries": lambda: adapter(PEFT_CHECKPOINT),
+    }
+    before = fingerprint(original)
+    columns = {RESULTS_COLUMNS[0]: list(test["summary"])}
+    cache = out / "generation"
+    for column, make in models.items():
+        name = column.replace("_summaries", "")
+        print(f"Generating {name} summaries of the test set", flush=True)
+        # each finished batch is on disk: a crash or kill resumes here instead of starting over
+        columns[column] = summarize(
+            prepare_for_inference(make(), fast_inference),
+            tokenizer,
+            list(test["dialogue"]),
+            settings,
+            progress=progress,
+            desc=name,
+            cache=cache / f"{name}.jsonl",
+        )
+        _check_summaries(column, columns[column])
+    print("Generating the topic adapter's topics of the test set", flush=True)
+    topics = summarize(
+        prepare_for_inference(adapter(TOPIC_CHECKPOINT), fast_inference),
+        tokenizer,
+        list(test["dialogue"]),
+        settings,
+        progress=progress,
+        desc="topic",
+        cache=cache / "topic.jsonl",
+        prompt=build_topic_prompt,
+    )
+    _check_summaries("peft_model_topics", topics)
+    assert fingerprint(original) == before, "generation changed the original model"
+    write_results_file(out / RESULTS_FILE, columns, extra={"id": list(test["id"])})
+    write_results_file(
+        out / TOPIC_RESULTS_FILE,
+        {"human_baseline_topics": list(test["topic"]), "peft_model_topics": topics},
+        extra={"id": list(test["id"])},
+    )
+    stages.complete("results", outputs, identity)
+    shutil.rmtree(cache, ignore_errors=True)
+    print(f"Wrote {out / RESULTS_FILE} and {out / TOPIC_RESULTS_FILE} ({len(test)} test rows)")
+
+
+PUBLISHED = (FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE)
+
+
+def publish(settings: Settings, folder: Path) -> None:
+    """Upload a finished run (or the offline release) to `LAB_S3_URI`, skipping what the server already has."""
+    from .publish import push_checkpoint
+
+    for name in PUBLISHED:
+        path = folder / name
+        push_checkpoint(path, settings.s3(name + "/" if path.is_dir() else name))
+    print(f"Published {folder} to {settings.s3_uri}")
+
+
+_LOCAL_S3 = None  # the offline profile's local S3 server, one per process
+
+
+def local_s3_for(settings: Settings):
+    """Offline profile: the local S3 server of this process (started on first use), unless one is configured."""
+    global _LOCAL_S3
+
+    if not settings.offline or (_LOCAL_S3 is None and os.environ.get("AWS_ENDPOINT_URL_S3")):
+        return None
+    if _LOCAL_S3 is None:
+        from .local_s3 import start_local_s3
+
+        _LOCAL_S3 = start_local_s3()
+    return _LOCAL_S3
+
+
+def publish_run(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32") -> Path:
+    """The instructor command: run (or reuse) the instructor's run and publish it to the profile's S3 prefix."""
+    if upload:
+        local_s3_for(settings)
+    return run_instructor(settings, upload=upload, progress=progress, fast_inference=fast_inference)

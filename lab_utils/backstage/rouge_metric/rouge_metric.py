@@ -1,0 +1,58 @@
+"""ROUGE as an `evaluate` metric that loads without the Hub: the offline profile's `evaluate.load(...)` target.
+
+The course calls `evaluate.load("rouge")`, which fetches the metric's script from the Hugging Face Hub. Offline,
+`evaluate.load("lab_utils/backstage/rouge_metric")` loads this file instead: the same computation (Google's
+`rouge_score` package, the same inputs and options, per-row scores or the bootstrap aggregate), so the notebook's
+cells are the same in both profiles. `tests/test_rouge_metric.py` checks it against `rouge_score` directly.
+"""
+
+import datasets
+import evaluate
+from rouge_score import rouge_scorer, scoring
+
+_DESCRIPTION = "ROUGE-1/2/L/Lsum F-measures of predictions against references (Google's rouge_score)."
+_KWARGS = """
+predictions: list of strings; references: list of strings, or list of lists of strings (several references: the
+best-scoring one counts); rouge_types (default rouge1, rouge2, rougeL, rougeLsum); use_aggregator (default True:
+bootstrap aggregate, its middle F-measure; False: one F-measure per prediction); use_stemmer (default False).
+"""
+
+
+class RougeMetric(evaluate.Metric):
+    """ROUGE F-measures, as the Hub's `rouge` metric computes them."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004)",
+            inputs_description=_KWARGS,
+            features=[
+                datasets.Features(
+                    {
+                        "predictions": datasets.Value("string", id="sequence"),
+                        "references": datasets.Sequence(datasets.Value("string", id="sequence")),
+                    }
+                ),
+                datasets.Features(
+                    {
+                        "predictions": datasets.Value("string", id="sequence"),
+                        "references": datasets.Value("string", id="sequence"),
+                    }
+                ),
+            ],
+        )
+
+    def _compute(self, predictions, references, rouge_types=None, use_aggregator=True, use_stemmer=False):
+        rouge_types = list(rouge_types or ["rouge1", "rouge2", "rougeL", "rougeLsum"])
+        scorer = rouge_scorer.RougeScorer(rouge_types=rouge_types, use_stemmer=use_stemmer)
+        multi = bool(references) and isinstance(references[0], list)
+        scores = [
+            scorer.score_multi(ref, pred) if multi else scorer.score(ref, pred)
+            for ref, pred in zip(references, predictions)
+        ]
+        if use_aggregator:
+            aggregator = scoring.BootstrapAggregator()
+            for score in scores:
+                aggregator.add_scores(score)
+            return {key: value.mid.fmeasure for key, value in aggregator.aggregate().items()}
+        return {key: [score[key].fmeasure for score in scores] for key in rouge_types}

@@ -1,0 +1,84 @@
+"""The offline profile tells the course's story truthfully: the committed release's models summarize their input.
+
+Reads the release (`lab_utils/backstage/release/`, what `python -m lab_utils release` made from the instructor's
+run) and DialogSum's training summaries (for the constant bar) from `LAB_DATA_DIR`; without DialogSum it skips.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
+from lab_utils.config import RELEASE_DIR, load_settings
+from lab_utils.evaluation import RESULTS_COLUMNS, looks_like_text, read_results_file, story_checks
+
+SETTINGS = load_settings("offline", environ={})
+
+
+@pytest.fixture(scope="module")
+def dialogsum():
+    from lab_utils.data import load_dialogsum
+
+    if not SETTINGS.path(SETTINGS.data_dir).is_dir():
+        pytest.skip(f"needs DialogSum in {SETTINGS.path(SETTINGS.data_dir)} (`LAB_DATA_DIR`)")
+    return load_dialogsum(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return read_results_file(RELEASE_DIR / RESULTS_FILE)
+
+
+def test_the_release_is_whole():
+    from lab_utils.backstage.release import verify_release
+
+    manifest = verify_release()
+    assert manifest["command"] and manifest["training_seconds"]
+
+
+def test_the_results_file_covers_the_test_split(results, dialogsum):
+    assert list(results.columns) == ["id", *RESULTS_COLUMNS] and len(results) == 1500
+    assert results["id"].tolist() == dialogsum["test"]["id"]
+    assert results["human_baseline_summaries"].tolist() == dialogsum["test"]["summary"]
+
+
+def test_the_story_holds_on_the_full_test_set(results, dialogsum):
+    checks = story_checks(results, dialogsum["train"]["summary"])
+    print("\n".join(f"{'ok' if ok else 'NO'}  {name}: {measured}" for name, (ok, measured) in checks.items()))
+    assert not {name: measured for name, (ok, measured) in checks.items() if not ok}
+
+
+def test_a_model_that_ignores_its_input_fails_the_checks(results, dialogsum):
+    """The checks above catch the old collapse (one sentence for every dialogue) and punctuation runs."""
+    constant = results.copy()
+    for column in ("instruct_model_summaries", "peft_model_summaries"):
+        constant[column] = "#Person1# and #Person2# are talking about the new job."
+    checks = story_checks(constant, dialogsum["train"]["summary"])
+    assert not checks["instruct: distinct summaries"][0] and not checks["peft: distinct summaries"][0]
+    assert not any(checks[f"{m}: beats the best constant on {k}"][0] for m in ("instruct", "peft") for k in ("rouge1",))
+    assert not looks_like_text(". #Person1#:: I's. #:. #")  # the old original model's most frequent output
+
+
+def test_the_committed_models_reproduce_the_committed_results(results, dialogsum):
+    """The release's models, loaded as the notebook loads them, write the release's results file again."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lab_utils.evaluation import summarize
+
+    standin = RELEASE_DIR / "flan-t5-tiny"
+    original = AutoModelForSeq2SeqLM.from_pretrained(standin, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(standin)
+    models = {
+        "original": original,
+        "instruct": AutoModelForSeq2SeqLM.from_pretrained(RELEASE_DIR / FULL_CHECKPOINT, dtype=torch.float32),
+        "peft": PeftModel.from_pretrained(copy.deepcopy(original), RELEASE_DIR / PEFT_CHECKPOINT, is_trainable=False),
+    }
+    # the same batches as the instructor (all test dialogues, length-sorted): a batch's padding may move the last bits
+    dialogues = dialogsum["test"]["dialogue"]
+    for name, model in models.items():
+        ours = summarize(model, tokenizer, dialogues, SETTINGS, progress=False)
+        assert ours == results[f"{name}_model_summaries"].tolist(), name
