@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,16 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     )
     print(f"Executed notebook: {output}")
     return 0
+
+
+# a disk that refuses what the lab writes: one message naming the file and the fix, not a traceback
+DISK_ERRORS = {
+    errno.ENOSPC: "free some space on that disk (old runs under data/ can go)",
+    errno.EDQUOT: "free some space: the disk quota is used up",
+    errno.EACCES: "make that folder writable for you",
+    errno.EPERM: "make that folder writable for you",
+    errno.EROFS: "that disk is read-only",
+}
 
 
 def steps(text: str) -> int:
@@ -164,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             summarize_command(settings, args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or "the work folder"
+        print(f"error: cannot write {where}: {exc.strerror}", file=sys.stderr)
+        print(f"  -> {DISK_ERRORS[exc.errno]}, or point `LAB_WORK_DIR` at another folder", file=sys.stderr)
         return 2
     return 0
 

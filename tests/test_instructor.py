@@ -279,3 +279,22 @@ def test_cli_reports_bad_configuration_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint folder /nonexistent/model does not exist")
     assert "build-model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("code", "fix"), [(28, "free some space"), (13, "writable"), (30, "read-only")])
+def test_a_full_or_read_only_work_dir_is_one_message(code, fix, monkeypatch, capsys, tiny_settings):
+    """ENOSPC, EACCES, EROFS while the instructor writes: exit 2, the file and the fix, no traceback."""
+    import os
+
+    from lab_utils.__main__ import main
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr("pathlib.Path.mkdir", refuse)
+    for name in ("data_dir", "model_id", "work_dir"):
+        monkeypatch.setenv("LAB_" + name.upper(), str(getattr(tiny_settings, name)))
+    assert main(["--profile", "offline", "instructor", "--no-upload"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and "instructor-run" in err and fix in err
+    assert "Traceback" not in err

@@ -209,3 +209,86 @@ def test_rerunning_the_lora_cell_does_not_stack_adapters(tiny_model):
         "lora_A" in n for n, _ in first.named_parameters()
     )
     assert not any("lora" in name for name, _ in tiny_model.named_modules())
+
+
+@pytest.fixture
+def adapter(tiny_model, tmp_path):
+    """A LoRA adapter (r=4) saved for the tiny model."""
+    add_lora(tiny_model, lora_config(r=4)).save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def _damage(adapter, how):
+    import json as _json
+
+    config, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if how == "no config":
+        config.unlink()
+    elif how == "truncated config":
+        config.write_text(config.read_text()[:30])
+    elif how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "no weights":
+        weights.unlink()
+    elif how == "config of another rank":
+        config.write_text(_json.dumps(dict(_json.loads(config.read_text()), r=8)))
+    elif how == "config without r":
+        config.write_text(_json.dumps({k: v for k, v in _json.loads(config.read_text()).items() if k != "r"}))
+
+
+@pytest.mark.parametrize(
+    ("how", "message", "fix"),
+    [
+        ("no config", "has no adapter_config.json", "publish the adapter folder again"),
+        ("truncated config", "adapter_config.json is not valid JSON", "publish the adapter folder again"),
+        ("truncated weights", "adapter_model.safetensors cannot be read", "publish the adapter folder again"),
+        ("no weights", "has no adapter_model.safetensors or adapter_model.bin", "publish"),
+        ("config of another rank", "has rank 4, but .* says r=8", "different adapters"),
+        ("config without r", "has no `r` field", "add `r` to the file"),
+    ],
+)
+def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, adapter, tiny_model):
+    from lab_utils.models import check_adapter_dir
+
+    _damage(adapter, how)
+    with pytest.raises(LabError, match=message) as error:
+        check_adapter_dir(adapter, tiny_model, "the tiny model")
+    assert fix in error.value.fix
+
+
+def test_an_adapter_for_another_base_model_is_named(tokenizer, adapter):
+    """An adapter whose shapes do not fit (e.g. trained for flan-t5-large) is reported with what it was made for."""
+    import json as _json
+
+    from lab_utils.models import check_adapter_dir
+
+    config = adapter / "adapter_config.json"
+    config.write_text(
+        _json.dumps(dict(_json.loads(config.read_text()), base_model_name_or_path="google/flan-t5-large"))
+    )
+    wider = build_tiny_t5(len(tokenizer), d_model=48, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
+    with pytest.raises(LabError, match=r"trained for a different model \(google/flan-t5-large\): wider has 48"):
+        check_adapter_dir(adapter, wider, "wider")
+
+
+def test_a_sound_adapter_passes_and_loads(adapter, tiny_model):
+    from peft import PeftModel
+
+    from lab_utils.models import check_adapter_dir
+
+    assert check_adapter_dir(adapter, tiny_model, "tiny")["r"] == 4
+    import copy
+
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
+    assert count_parameters(loaded)[0] == 0
+
+
+def test_a_failed_build_leaves_no_half_built_model(tmp_path, monkeypatch):
+    """A crash while pretraining the stand-in (here: a diverging loss) leaves neither the model nor `.building`."""
+    from lab_utils.backstage import standin
+
+    monkeypatch.setattr(standin, "pretrain_span_corruption", lambda *a, **k: [float("nan")])
+    texts = ["#Person1#: Hello there, how are you?\n#Person2#: Fine, thanks."] * 40
+    with pytest.raises(LabError, match="diverged"):
+        standin.build_offline_model(tmp_path / "stand-in", texts, pretrain_steps=1)
+    assert list(tmp_path.iterdir()) == []

@@ -313,3 +313,23 @@ def test_transient_fault_is_retried_within_the_same_run(tmp_path, local_s3, monk
         assert proxy.cuts == 1
         assert ("resuming" in capsys.readouterr().out) == (case == "resumed")
     assert _no_leftovers(tmp_path)
+
+
+def test_a_silent_endpoint_is_reported_within_30_seconds(tmp_path, local_s3, monkeypatch):
+    """A server that accepts the connection and never answers: one message naming AWS_ENDPOINT_URL_S3, in < 30 s."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(16)], daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    t0 = time.monotonic()
+    with pytest.raises(LabError, match="Could not reach the S3 endpoint") as error:
+        pull_checkpoint("s3://lab-bucket/model.bin", tmp_path / "model.bin")
+    assert time.monotonic() - t0 < 30
+    assert "AWS_ENDPOINT_URL_S3" in error.value.fix
+    listener.close()
