@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":
-            from .backstage.serving import summarize_command
+            from .backstage.summarize_cli import summarize_command
 
             summarize_command(settings, args)
     except LabError as exc:

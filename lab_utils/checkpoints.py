@@ -605,6 +605,7 @@ FULL_CHECKPOINT = "flan-dialogue-summary-checkpoint"  # the fully fine-tuned ("i
 PEFT_CHECKPOINT = "peft-dialogue-summary-checkpoint"  # the LoRA adapter for summaries
 TOPIC_CHECKPOINT = "peft-dialogue-topic-checkpoint"  # a second LoRA adapter: the dialogue's topic
 RESULTS_FILE = "dialogue-summary-training-results.csv"  # every test row summarized by the three models
+TOPIC_RESULTS_FILE = "dialogue-topic-results.csv"  # every test row's topic named by the topic adapter
 
 
 def pulled_path(settings: Settings, name: str) -> Path:
@@ -622,11 +623,20 @@ def pull_full_checkpoint(settings: Settings) -> Path:
     return check_model_dir(folder, fix=f"the published {FULL_CHECKPOINT} is incomplete: publish it again")
 
 
-def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT) -> Path:
-    """Pull a published LoRA adapter and check it against the original model before peft loads it."""
+def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT, missing_ok: bool = False) -> Path | None:
+    """Pull a published LoRA adapter and check it against the original model before peft loads it.
+
+    With `missing_ok`, an adapter that was never published gives None (and says so) instead of an error.
+    """
     from .models import check_adapter_dir, shape_model
 
-    folder = pull_checkpoint(settings.s3(name + "/"), pulled_path(settings, name), anonymous=settings.s3_anonymous)
+    try:
+        folder = pull_checkpoint(settings.s3(name + "/"), pulled_path(settings, name), anonymous=settings.s3_anonymous)
+    except NotFoundOnS3:
+        if not missing_ok:
+            raise
+        print(f"{settings.s3(name)}/ is not published (the instructor command publishes it beside the others).")
+        return None
     check_adapter_dir(
         folder,
         shape_model(settings.model_path_or_id),
@@ -634,6 +644,17 @@ def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT) -> Path:
         fix=f"the published {name} is incomplete or damaged: publish it again (the instructor command)",
     )
     return folder
+
+
+def find_topic_results(settings: Settings) -> Path | None:
+    """The topic adapter's results file published beside the checkpoints, or None (with a note) where there is none."""
+    try:
+        return pull_checkpoint(
+            settings.s3(TOPIC_RESULTS_FILE), pulled_path(settings, TOPIC_RESULTS_FILE), anonymous=settings.s3_anonymous
+        )
+    except NotFoundOnS3:
+        print(f"{settings.s3(TOPIC_RESULTS_FILE)} is not published: no topic scores over the test set.")
+        return None
 
 
 def find_results_file(settings: Settings) -> Path:

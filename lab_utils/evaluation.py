@@ -30,6 +30,7 @@ RESULTS_COLUMNS = (
     "instruct_model_summaries",
     "peft_model_summaries",
 )
+TOPIC_COLUMNS = ("human_baseline_topics", "peft_model_topics")
 
 
 def generation_kwargs(settings: Settings) -> dict:
@@ -100,7 +101,7 @@ def summarize(
         warnings.warn(
             f"{too_long} of {len(prompts)} prompts exceed {max_source_length} tokens and were truncated "
             "(the model cannot read past its input limit)",
-            stacklevel=2,
+            stacklevel=1,  # a fixed location: shown once per session, the same in every run of the notebook
         )
     # sorted by length, so each batch pads little; outputs are put back in the original order
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

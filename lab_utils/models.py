@@ -122,6 +122,14 @@ def check_model_dir(
     return folder
 
 
+def _lora_config_fields() -> set[str]:
+    import dataclasses
+
+    from peft import LoraConfig
+
+    return {f.name for f in dataclasses.fields(LoraConfig)}
+
+
 def shape_model(model_path_or_id: str) -> torch.nn.Module:
     """The architecture of a model on the meta device, from its config alone: shapes without weights or memory."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
@@ -155,6 +163,13 @@ def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, f
             )
     if str(config["peft_type"]).upper() != "LORA":
         raise LabError(f"{folder} holds a {config['peft_type']} adapter, not LoRA", fix)
+    unknown = sorted(set(config) - _lora_config_fields())
+    if unknown:
+        print(
+            f"Note: {config_path.name} has fields this peft version does not know ({', '.join(unknown)}): another "
+            "peft version wrote it (the course's adapter: peft 0.3). peft ignores them, with a warning; they change "
+            "nothing in the adapter's weights."
+        )
     path = weights_file(folder, ADAPTER_WEIGHTS, "adapter folder", fix)
     shapes = tensor_shapes(path, "adapter folder", fix)
     if not any(".lora_A." in name for name in shapes):

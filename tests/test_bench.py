@@ -46,7 +46,7 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
         assert part in report, part
     numbers = {p: {k: v for k, v in report[p].items() if k != "standin"} for p in bench.PARTS}
     _positive_numbers(numbers)
-    a, b, c, d, e, f = (report[p] for p in bench.PARTS)
+    a, b, c, d, e, f, g = (report[p] for p in bench.PARTS)
     assert a["rows"] == 6 and a["dialogues"] == 2
     # every ratio is computed from the numbers reported next to it
     assert a["speedup"] == pytest.approx(a["course_s"] / a["ours_s"])
@@ -59,9 +59,11 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     assert c["memory_ratio"] == pytest.approx(c["lora_peak_rss_mb"] / c["full_peak_rss_mb"])
     assert d["memory_ratio"] == pytest.approx(d["peft_peak_rss_mb"] / d["full_peak_rss_mb"])
     assert e["fraction"] == pytest.approx(e["train_flops_per_s"] / e["matmul_flops"])
-    assert "6 x parameters" in e["formula"]
-    assert e["fraction_split"] == pytest.approx(e["train_flops_per_s_split"] / e["matmul_flops"])
-    assert e["fraction_split"] < e["fraction"]  # each token passes only part of the weights
+    assert e["matmul_flops"] == max(e["matmul_flops_before"], e["matmul_flops_after"])  # the peak, measured twice
+    assert "encoder weights x input tokens" in e["formula"]
+    assert g["unmerged_over_merged"] == pytest.approx(g["unmerged_s"] / g["merged_s"])
+    assert g["merged_over_original"] == pytest.approx(g["merged_s"] / g["original_s"])
+    assert g["memory_ratio"] == pytest.approx(g["adapters_mb"] / g["merged_mb"]) and g["adapters"] == 2
     assert f["int8_speedup"] == pytest.approx(f["fp32_s"] / f["int8_s"])
     if f["bf16_supported"]:
         assert f["bf16_speedup"] == pytest.approx(f["fp32_s"] / f["bf16_s"])

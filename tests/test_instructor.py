@@ -8,8 +8,15 @@ import json
 
 import pytest
 
-from lab_utils.backstage.instructor import TOPIC_RESULTS_FILE, publish_run, run_dir, run_instructor, run_lock
-from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, pull_checkpoint
+from lab_utils.backstage.instructor import publish_run, run_dir, run_instructor, run_lock
+from lab_utils.checkpoints import (
+    FULL_CHECKPOINT,
+    PEFT_CHECKPOINT,
+    RESULTS_FILE,
+    TOPIC_CHECKPOINT,
+    TOPIC_RESULTS_FILE,
+    pull_checkpoint,
+)
 from lab_utils.config import load_settings
 from lab_utils.errors import LabError
 from lab_utils.evaluation import RESULTS_COLUMNS, read_results_file

@@ -29,12 +29,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT
+from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from ..config import Settings
 from ..errors import LabError
 from .recipe import is_main_process
 
-TOPIC_RESULTS_FILE = "dialogue-topic-results.csv"
 # the settings each stage's result depends on (besides the original model's weights and the data)
 TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
 GENERATION_SETTINGS = ("max_source_length", "max_new_tokens", "no_repeat_ngram_size", "eval_batch_size")

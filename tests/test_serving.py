@@ -1,0 +1,229 @@
+"""Serving: a merged adapter summarizes like the unmerged one, adapters swap on one base, older formats load, and the
+`summarize` command reads dialogues from files, CSVs and standard input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import SETTINGS
+from peft import PeftModel, get_peft_model
+
+from lab_utils.__main__ import main
+from lab_utils.backstage.recipe import lora_config
+from lab_utils.evaluation import summarize
+from lab_utils.models import count_parameters, fingerprint
+
+DIALOGUES = [
+    "#Person1#: Where is the station?\n#Person2#: Next to the park, five minutes from here.",
+    "#Person1#: Did you finish the report?\n#Person2#: Not yet, the budget numbers are missing.",
+    "#Person1#: Shall we have dinner at the new restaurant?\n#Person2#: Yes, I will book a table for eight.",
+]
+GEN = {"max_new_tokens": 10, "num_beams": 1, "do_sample": False}
+
+
+def trained_adapter(model, folder, seed: int, std: float = 0.3):
+    """A LoRA adapter whose B matrices are random (as after training), saved to `folder`."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=std)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tokenizer, tmp_path):
+    """Greedy summaries are equal; logits agree to float32 rounding (W + BA*s summed once vs Wx + B(Ax)*s per step)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    before = fingerprint(tiny_model)
+    adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=0)
+    unmerged = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
+    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter).merge_and_unload()
+    assert not any("lora" in name for name, _ in merged.named_modules())
+    assert count_parameters(merged)[1] == count_parameters(tiny_model)[1]
+    ids = tokenizer(DIALOGUES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = unmerged(**ids, decoder_input_ids=ids.input_ids[:, :5]).logits
+        b = merged(**ids, decoder_input_ids=ids.input_ids[:, :5]).logits
+    # the only tolerance: float32 rounding (W + s*BA summed once, vs Wx + s*B(Ax) at every step): measured 1.8e-5
+    assert (a - b).abs().max() < 1e-4
+    assert not torch.equal(a, tiny_model(**ids, decoder_input_ids=ids.input_ids[:, :5]).logits)  # the adapter acts
+    want = summarize(unmerged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
+    assert summarize(merged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    merged.save_pretrained(tmp_path / "merged")  # a plain transformers checkpoint
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
+    assert summarize(reloaded, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    assert fingerprint(tiny_model) == before
+
+
+def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_path):
+    first = trained_adapter(tiny_model, tmp_path / "first", seed=1)
+    second = trained_adapter(tiny_model, tmp_path / "second", seed=2)
+    alone = {
+        name: summarize(
+            PeftModel.from_pretrained(copy.deepcopy(tiny_model), folder, is_trainable=False),
+            tokenizer,
+            DIALOGUES,
+            SETTINGS,
+            GEN,
+            progress=False,
+        )
+        for name, folder in (("first", first), ("second", second))
+    }
+    assert alone["first"] != alone["second"]  # two different adapters, so the swap is observable
+    served = PeftModel.from_pretrained(copy.deepcopy(tiny_model), first, adapter_name="first", is_trainable=False)
+    served.load_adapter(second, adapter_name="second", is_trainable=False)
+    assert count_parameters(served)[0] == 0
+    for name in ("second", "first", "second"):  # back and forth
+        served.set_adapter(name)
+        assert summarize(served, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == alone[name], name
+
+
+def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, tokenizer, tmp_path):
+    """A transformers-4.27 `pytorch_model.bin` and a peft-0.3 `adapter_model.bin` give the same summaries."""
+    from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
+    from transformers import AutoModelForSeq2SeqLM
+
+    from lab_utils.models import check_adapter_dir, check_model_dir
+
+    tiny_model.save_pretrained(tmp_path / "today")
+    old_full = write_full_checkpoint_4_27(tmp_path / "today", tmp_path / "old-full")
+    assert json.loads((old_full / "config.json").read_text())["transformers_version"] == "4.27.2"
+    check_model_dir(old_full)
+    full = AutoModelForSeq2SeqLM.from_pretrained(old_full)
+    assert summarize(full, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == summarize(
+        tiny_model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False
+    )
+    adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=3)
+    old_adapter = write_adapter_peft_0_3(adapter, tmp_path / "old-adapter")
+    assert sorted(p.name for p in old_adapter.iterdir()) == ["adapter_config.json", "adapter_model.bin"]
+    check_adapter_dir(old_adapter, tiny_model, "tiny")
+    want = summarize(
+        PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False),
+        tokenizer,
+        DIALOGUES,
+        SETTINGS,
+        GEN,
+        progress=False,
+    )
+    old = PeftModel.from_pretrained(copy.deepcopy(tiny_model), old_adapter, is_trainable=False)
+    assert summarize(old, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"layer_replication": None}, {"enable_lora": [True, False]}, {"a_field_from_the_future": 1, "use_dora": False}],
+)
+def test_adapter_configs_with_fields_of_other_peft_versions_load(extra, tiny_model, tokenizer, tmp_path):
+    adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=4)
+    want = summarize(
+        PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False),
+        tokenizer,
+        DIALOGUES,
+        SETTINGS,
+        GEN,
+        progress=False,
+    )
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **extra}))
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
+    assert summarize(loaded, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+
+
+# --- the summarize command ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tiny_model, tokenizer, standin_dir, tmp_path, monkeypatch):
+    """The environment of `python -m lab_utils summarize` on the tiny stand-in, with an adapter and a merged model."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))
+    monkeypatch.setenv("LAB_MAX_NEW_TOKENS", "10")
+    monkeypatch.setenv("LAB_NO_REPEAT_NGRAM_SIZE", "0")
+    base = AutoModelForSeq2SeqLM.from_pretrained(standin_dir)
+    adapter = trained_adapter(base, tmp_path / "adapter", seed=5)
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter).merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    return {"base": base, "adapter": adapter, "merged": tmp_path / "merged"}
+
+
+def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path, capsys, monkeypatch):
+    import io
+
+    import pandas as pd
+
+    from lab_utils.config import load_settings
+
+    settings = load_settings()
+    want = summarize(served["base"], tokenizer, DIALOGUES, settings, progress=False)
+    (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES) + "\n")
+    assert main(["summarize", str(tmp_path / "d.txt")]) == 0
+    assert capsys.readouterr().out.splitlines() == want
+    pd.DataFrame({"text": DIALOGUES}).to_csv(tmp_path / "d.csv", index=False)
+    assert main(["summarize", str(tmp_path / "d.csv"), "--column", "text", "--output", str(tmp_path / "o.csv")]) == 0
+    assert pd.read_csv(tmp_path / "o.csv")["summary"].tolist() == want
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n\n".join(DIALOGUES)))
+    assert main(["summarize"]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:] == want
+
+
+def test_summarize_command_with_an_adapter_or_a_merged_model(served, tmp_path, capsys):
+    (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES))
+    capsys.readouterr()
+    assert main(["summarize", "--adapter", str(served["adapter"]), str(tmp_path / "d.txt")]) == 0
+    with_adapter = capsys.readouterr().out
+    assert main(["summarize", "--merged", str(served["merged"]), str(tmp_path / "d.txt")]) == 0
+    assert capsys.readouterr().out == with_adapter  # merged = unmerged, through the command too
+    assert main(["summarize", str(tmp_path / "d.txt")]) == 0
+    assert capsys.readouterr().out != with_adapter  # and the adapter does something
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (lambda p: p.write_text("\n\n  \n"), [], "holds no dialogue"),
+        (lambda p: p.write_bytes(b"\x00\x01\x02binary"), [], "is not text"),
+        (lambda p: p.write_bytes("caf\xe9".encode("latin-1")), [], "is not UTF-8"),
+        (lambda p: None, [], "is not a file"),
+        (lambda p: p.write_text("dialogue\nhello"), ["--adapter", "/no/such/adapter"], "does not exist"),
+        (lambda p: p.write_text("dialogue\nhello"), ["--merged", "/no/such/model"], "does not exist"),
+    ],
+)
+def test_summarize_command_explains_bad_input(served, tmp_path, capsys, make, args, message):
+    path = tmp_path / "input.txt"
+    make(path)
+    assert main(["summarize", *args, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_csv_without_the_column_is_named(served, tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("text\nhello\n")
+    assert main(["summarize", str(tmp_path / "d.csv")]) == 2
+    assert "has no column 'dialogue' (text)" in capsys.readouterr().err
+
+
+def test_serving_table_measures_both_ways(tokenizer, tmp_path):
+    from lab_utils.backstage.standin import build_tiny_t5
+    from lab_utils.serving import serving_table
+
+    # wide enough (5M parameters, 20 MB each) that two full models stand out from the process's own memory
+    base = build_tiny_t5(len(tokenizer), d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3)
+    base.save_pretrained(tmp_path / "base")
+    adapters = {n: trained_adapter(base, tmp_path / n, seed=i) for i, n in enumerate(("summary", "topic"))}
+    table = serving_table(base, str(tmp_path / "base"), adapters, tmp_path / "base")
+    assert list(table.index) == ["one base + 2 adapters", "2 full fine-tuned models", "ratio"]
+    ours, theirs = table.iloc[0], table.iloc[1]
+    assert theirs["parameters (millions)"] == round(2 * count_parameters(base)[1] / 1e6, 3)
+    assert ours["parameters (millions)"] < theirs["parameters (millions)"]
+    assert 0 < ours["MB resident (above torch)"] < theirs["MB resident (above torch)"]
+    assert theirs["MB resident (above torch)"] > 30  # two models of 20 MB
+    ratio = table.loc["ratio", "parameters (millions)"]
+    assert ratio == pytest.approx(ours["parameters (millions)"] / theirs["parameters (millions)"], abs=2e-3)
