@@ -36,6 +36,18 @@ def trained_adapter(model, folder, seed: int, std: float = 0.3):
     return folder
 
 
+def with_adapter(model, folder, tokenizer) -> list[str]:
+    """The summaries of DIALOGUES by a copy of `model` with the adapter in `folder`, loaded frozen."""
+    return summarize(
+        PeftModel.from_pretrained(copy.deepcopy(model), folder, is_trainable=False),
+        tokenizer,
+        DIALOGUES,
+        SETTINGS,
+        GEN,
+        progress=False,
+    )
+
+
 def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tokenizer, tmp_path):
     """Greedy summaries are equal; logits agree to float32 rounding (W + BA*s summed once vs Wx + B(Ax)*s per step)."""
     from transformers import AutoModelForSeq2SeqLM
@@ -65,15 +77,7 @@ def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_
     first = trained_adapter(tiny_model, tmp_path / "first", seed=1)
     second = trained_adapter(tiny_model, tmp_path / "second", seed=2)
     alone = {
-        name: summarize(
-            PeftModel.from_pretrained(copy.deepcopy(tiny_model), folder, is_trainable=False),
-            tokenizer,
-            DIALOGUES,
-            SETTINGS,
-            GEN,
-            progress=False,
-        )
-        for name, folder in (("first", first), ("second", second))
+        name: with_adapter(tiny_model, folder, tokenizer) for name, folder in (("first", first), ("second", second))
     }
     assert alone["first"] != alone["second"]  # two different adapters, so the swap is observable
     served = PeftModel.from_pretrained(copy.deepcopy(tiny_model), first, adapter_name="first", is_trainable=False)
@@ -103,16 +107,8 @@ def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, toke
     old_adapter = write_adapter_peft_0_3(adapter, tmp_path / "old-adapter")
     assert sorted(p.name for p in old_adapter.iterdir()) == ["adapter_config.json", "adapter_model.bin"]
     check_adapter_dir(old_adapter, tiny_model, "tiny")
-    want = summarize(
-        PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False),
-        tokenizer,
-        DIALOGUES,
-        SETTINGS,
-        GEN,
-        progress=False,
-    )
-    old = PeftModel.from_pretrained(copy.deepcopy(tiny_model), old_adapter, is_trainable=False)
-    assert summarize(old, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    want = with_adapter(tiny_model, adapter, tokenizer)
+    assert with_adapter(tiny_model, old_adapter, tokenizer) == want
 
 
 @pytest.mark.parametrize(
@@ -121,18 +117,10 @@ def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, toke
 )
 def test_adapter_configs_with_fields_of_other_peft_versions_load(extra, tiny_model, tokenizer, tmp_path):
     adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=4)
-    want = summarize(
-        PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False),
-        tokenizer,
-        DIALOGUES,
-        SETTINGS,
-        GEN,
-        progress=False,
-    )
+    want = with_adapter(tiny_model, adapter, tokenizer)
     config = adapter / "adapter_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), **extra}))
-    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
-    assert summarize(loaded, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    assert with_adapter(tiny_model, adapter, tokenizer) == want
 
 
 # --- the summarize command ------------------------------------------------------------------------------------------

@@ -1022,32 +1022,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny model and a few examples (< 60 s)")
     parser.add_argument("--only", help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
     default = {f.name: f.default for f in dataclasses.fields(Sizes)}
-    parser.add_argument("--rows", type=int, help=f"(a) test rows, 3 per dialogue (default {default['rows']})")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        help=f"(b, e) training batch for both preprocessings (default {default['batch_size']})",
-    )
-    parser.add_argument(
-        "--eval-batch-size", type=int, help=f"(a, d, f) summarize's batch (default {default['eval_batch_size']})"
-    )
-    parser.add_argument(
-        "--lora-batch-size", type=int, help=f"(c) training batch (default {default['lora_batch_size']})"
-    )
-    parser.add_argument(
-        "--steps", type=int, help=f"(b, e) measured training steps after a warm-up step (default {default['steps']})"
-    )
-    parser.add_argument(
-        "--lora-steps",
-        type=int,
-        help=f"(c) measured training steps after a warm-up step (default {default['lora_steps']})",
-    )
-    parser.add_argument(
-        "--eval-new-tokens", type=int, help=f"(a) generated tokens per summary (default {default['eval_new_tokens']})"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, help=f"(d, f) generated tokens per summary (default {default['max_new_tokens']})"
-    )
+    for name, what in (
+        ("rows", "(a) test rows, 3 per dialogue"),
+        ("batch_size", "(b, e) training batch for both preprocessings"),
+        ("eval_batch_size", "(a, d, f, g) summarize's batch"),
+        ("lora_batch_size", "(c) training batch"),
+        ("steps", "(b, e) measured training steps after a warm-up step"),
+        ("lora_steps", "(c) measured training steps after a warm-up step"),
+        ("eval_new_tokens", "(a) generated tokens per summary"),
+        ("max_new_tokens", "(d, f, g) generated tokens per summary"),
+    ):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"{what} (default {default[name]})")
     parser.add_argument("--threads", type=int, help="torch threads per measuring process (default: all cores)")
     parser.add_argument("--data-dir", help="DialogSum CSV folder (default: the offline profile's LAB_DATA_DIR)")
     parser.add_argument("--json", help="write every measured number to this file")
