@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 
 from lab_utils.backstage.local_s3 import LocalS3
 from lab_utils.backstage.publish import _ensure_bucket, push_checkpoint
-from lab_utils.checkpoints import format_size, pull_checkpoint, s3_client, size_on_disk
+from lab_utils.backstage.transfers import format_size, pull_checkpoint, s3_client
+from lab_utils.checkpoints import size_on_disk
 from lab_utils.config import parse_s3_uri
 from lab_utils.errors import LabError
 

@@ -110,17 +110,17 @@ def test_neither_place_names_both(tmp_path, local_s3):
 def test_credential_problems_on_the_course_bucket_say_what_to_try(problem, tmp_path, monkeypatch):
     from botocore.exceptions import ClientError, NoCredentialsError
 
-    from lab_utils import checkpoints
+    from lab_utils.backstage import transfers
 
     def refuse(*args, **kwargs):
         if problem == "no credentials":
             raise NoCredentialsError()
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "HeadObject")
 
-    client = checkpoints.s3_client()
+    client = transfers.s3_client()
     monkeypatch.setattr(client, "head_object", refuse)
     monkeypatch.setattr(client, "list_objects_v2", refuse)
-    monkeypatch.setattr(checkpoints, "s3_client", lambda anonymous=False: client)
+    monkeypatch.setattr(transfers, "s3_client", lambda anonymous=False: client)
     settings = load_settings("course", environ={}, work_dir=str(tmp_path))
     with pytest.raises(LabError) as error:
         find_results_file(settings)

@@ -15,10 +15,10 @@ import boto3
 import pytest
 from faultproxy import FaultProxy
 
-from lab_utils import checkpoints
+from lab_utils.backstage import transfers
 from lab_utils.backstage.local_s3 import LocalS3
 from lab_utils.backstage.publish import push_checkpoint
-from lab_utils.checkpoints import pull_checkpoint, s3_client
+from lab_utils.backstage.transfers import pull_checkpoint, s3_client
 from lab_utils.errors import LabError
 
 MB = 1024 * 1024
@@ -27,8 +27,8 @@ MB = 1024 * 1024
 @pytest.fixture(autouse=True)
 def fast_and_isolated(local_s3, monkeypatch):
     """The session's AWS isolation (from local_s3), short backoff, and no botocore-level retries."""
-    monkeypatch.setattr(checkpoints, "RETRY_BACKOFF_S", 0.05)
-    monkeypatch.setattr(checkpoints, "DOWNLOAD_RETRIES", 3)
+    monkeypatch.setattr(transfers, "RETRY_BACKOFF_S", 0.05)
+    monkeypatch.setattr(transfers, "DOWNLOAD_RETRIES", 3)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # our own retry loop is what is under test
 
 

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 from tqdm.auto import tqdm
 
-from ..checkpoints import (
+from ..config import parse_s3_uri
+from ..errors import LabError
+from .transfers import (
     NOT_FOUND_CODES,
     TRANSFER_CONFIG,
     bucket_exists,
@@ -20,8 +22,6 @@ from ..checkpoints import (
     s3_client,
     up_to_date,
 )
-from ..config import parse_s3_uri
-from ..errors import LabError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
