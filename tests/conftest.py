@@ -121,7 +121,10 @@ def standin_dir(tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("stand-in")
     tokenizer.save_pretrained(folder)
     model = build_tiny_t5(len(tokenizer), **TINY)
-    with torch.no_grad():  # the end-of-sequence logit 0 among random ones: untrained summaries are never empty
+    with torch.no_grad():
+        # a random head (the stand-in's starts as its input embedding, so untrained it repeats the padding it reads),
+        # and the end-of-sequence logit 0 among random ones: untrained summaries are never empty
+        model.lm_head.weight.normal_(0.0, model.config.d_model**-0.5)
         model.lm_head.weight[tokenizer.eos_token_id] = 0
     model.save_pretrained(folder)
     return folder

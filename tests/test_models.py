@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lab_utils.backstage.recipe import lora_config
-from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, span_corrupt
+from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, denoise
 from lab_utils.errors import LabError
 from lab_utils.models import count_parameters, fingerprint, parameter_report
 
@@ -151,24 +151,19 @@ def test_saved_offline_model_stays_untied(tmp_path):
     assert not torch.equal(loaded.lm_head.weight, loaded.shared.weight)
 
 
-def test_span_corruption_round_trips():
+def test_denoising_masks_spans_and_asks_for_the_clean_text():
     import random
 
-    ids = list(range(10, 60))
+    ids = list(range(10, 74))  # 64 tokens, as in the second pretraining phase
     sentinels = list(range(1000, 900, -1))
-    source, target = span_corrupt(ids, sentinels, eos_id=1, rng=random.Random(0))
-    assert source[-1] == 1 and target[-1] == 1
-    # filling every sentinel in the source with its span from the target gives back the text
-    spans, current = {}, None
-    for t in target[:-1]:
-        if t in sentinels:
-            current = t
-            spans[t] = []
-        else:
-            spans[current].append(t)
-    rebuilt = [x for t in source[:-1] for x in (spans[t] if t in sentinels else [t])]
-    assert rebuilt == ids
-    assert 0 < sum(len(v) for v in spans.values()) < len(ids) // 2
+    source, target = denoise(ids, sentinels, eos_id=1, rng=random.Random(0))
+    assert target == ids + [1]  # the whole clean chunk: the decoder must read the encoder to write it
+    assert source[-1] == 1
+    kept = [t for t in source[:-1] if t not in sentinels]
+    assert kept == [t for t in ids if t in kept]  # unmasked tokens stay, in order
+    masked = len(ids) - len(kept)
+    assert 0.1 * len(ids) <= masked <= 0.3 * len(ids)  # about 15%, in spans
+    assert 0 < sum(t in sentinels for t in source) < masked  # one sentinel per span, spans longer than 1 on average
 
 
 @pytest.mark.parametrize(
@@ -287,7 +282,7 @@ def test_a_failed_build_leaves_no_half_built_model(tmp_path, monkeypatch):
     """A crash while pretraining the stand-in (here: a diverging loss) leaves neither the model nor `.building`."""
     from lab_utils.backstage import standin
 
-    monkeypatch.setattr(standin, "pretrain_span_corruption", lambda *a, **k: [float("nan")])
+    monkeypatch.setattr(standin, "pretrain", lambda *a, **k: [float("nan")])
     texts = ["#Person1#: Hello there, how are you?\n#Person2#: Fine, thanks."] * 40
     with pytest.raises(LabError, match="diverged"):
         standin.build_offline_model(tmp_path / "stand-in", texts, pretrain_steps=1)

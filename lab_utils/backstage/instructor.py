@@ -219,16 +219,20 @@ def run_instructor(
     `fast_inference` ("fp32", "int8" or "bf16") speeds up the test-set generation on CPUs (see the benchmark
     command for its measured speed and ROUGE cost).
     """
+    from ..data import load_dialogsum
+
     out = run_dir(settings)
+    original, tokenizer = _load_original(settings)
+    dataset = load_dialogsum(settings)
     if not is_main_process():
-        return _train_stages(settings, out, progress)
+        return _train_stages(settings, out, original, tokenizer, dataset)
     with run_lock(out):
         if upload:
             from .publish import check_publish_target
 
             check_publish_target(settings)  # before hours of training, not after
-        _train_stages(settings, out, progress)
-        _results_stage(settings, out, progress, fast_inference)
+        _train_stages(settings, out, original, tokenizer, dataset)
+        _results_stage(settings, out, original, tokenizer, dataset["test"], progress, fast_inference)
         if upload:
             publish(settings, out)
     return out
@@ -260,15 +264,13 @@ def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict
     }
 
 
-def _train_stages(settings: Settings, out: Path, progress: bool) -> Path:
+def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset) -> Path:
     from peft import get_peft_model
 
-    from ..data import build_topic_prompt, load_dialogsum
+    from ..data import build_topic_prompt
     from ..models import fingerprint
     from .recipe import lora_config, tokenize
 
-    original, tokenizer = _load_original(settings)
-    dataset = load_dialogsum(settings)
     ids = _identities(settings, fingerprint(original), dataset)
     stages = Stages(out)
     plan = [
@@ -295,17 +297,15 @@ def _train_stages(settings: Settings, out: Path, progress: bool) -> Path:
     return out
 
 
-def _results_stage(settings: Settings, out: Path, progress: bool, fast_inference: str) -> None:
+def _results_stage(settings: Settings, out: Path, original, tokenizer, test, progress: bool, fast_inference: str):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..data import build_topic_prompt, load_dialogsum
+    from ..data import build_topic_prompt
     from ..evaluation import RESULTS_COLUMNS, summarize, write_results_file
     from ..models import check_adapter_dir, check_model_dir, fingerprint
     from .inference import prepare_for_inference
 
-    original, tokenizer = _load_original(settings)
-    test = load_dialogsum(settings)["test"]
     trained = {
         name: json.dumps(Stages(out).identity(stage), sort_keys=True)
         for stage, name in (("full", FULL_CHECKPOINT), ("lora", PEFT_CHECKPOINT), ("topic", TOPIC_CHECKPOINT))
