@@ -30,8 +30,9 @@ trial=$(mktemp -d)
 trap 'rm -rf "$trial"' EXIT
 LAB_PRETRAIN_STEPS=3 python -m lab_utils build-model --out "$trial/stand-in"
 # on the release's stand-in (3 pretraining steps would write empty summaries, which the instructor refuses)
-LAB_WORK_DIR="$trial/work" python -m lab_utils instructor --no-upload --full-steps 3 --lora-steps 3 --topic-steps 3
-LAB_WORK_DIR="$trial/work" python -m lab_utils release --to "$trial/release" --made-by "CI short run"
+LAB_WORK_DIR="$trial/work" LAB_MAX_NEW_TOKENS=16 \
+  python -m lab_utils instructor --no-upload --full-steps 3 --lora-steps 3 --topic-steps 3
+LAB_WORK_DIR="$trial/work" LAB_MAX_NEW_TOKENS=16 python -m lab_utils release --to "$trial/release" --made-by "CI"
 
 step "the notebook, headless: data/executed/lab2_fine_tune_peft.ipynb (artifact)"
 python -m lab_utils run -p EVAL_DIALOGUES 8  # a parameter, as an instructor would pass one
