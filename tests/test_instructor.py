@@ -199,6 +199,38 @@ def test_a_changed_recipe_keeps_the_old_stage_until_the_new_one_is_done(tiny_set
     assert not (run / (PEFT_CHECKPOINT + ".previous")).exists()
 
 
+@pytest.mark.parametrize("change", ["weight_decay", "lora_rank", "prompt"])
+def test_a_changed_recipe_in_the_code_retrains_what_it_changes(change, tiny_settings, monkeypatch, capsys):
+    """The recipe's code (not only the settings) is part of each stage's identity: a stale checkpoint is not reused."""
+    from lab_utils import data
+    from lab_utils.backstage import recipe
+
+    run_instructor(tiny_settings, upload=False, progress=False)
+    if change == "weight_decay":
+        original = recipe.training_arguments
+
+        def heavier_decay(*args, **kwargs):
+            out = original(*args, **kwargs)
+            out.weight_decay = 0.1
+            return out
+
+        monkeypatch.setattr(recipe, "training_arguments", heavier_decay)
+        retrained = ("full fine-tuned", "LoRA adapter", "topic LoRA adapter")
+    elif change == "lora_rank":
+        original = recipe.lora_config
+        monkeypatch.setattr(recipe, "lora_config", lambda r=32: original(r=16))
+        retrained = ("LoRA adapter", "topic LoRA adapter")
+    else:
+        monkeypatch.setattr(data, "build_topic_prompt", lambda d: "Name the topic:\n\n" + d + "\n\nTopic: ")
+        retrained = ("topic LoRA adapter",)
+    capsys.readouterr()
+    run_instructor(tiny_settings, upload=False, progress=False)
+    trained = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Training the ")]
+    assert sorted(t.split(":")[0].removeprefix("Training the ").removesuffix(" (instruct) model") for t in trained) == (
+        sorted(retrained)
+    ), trained
+
+
 def test_the_data_is_part_of_the_run_s_identity(tiny_settings, tmp_path, capsys):
     from conftest import write_dialogsum
 

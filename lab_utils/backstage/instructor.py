@@ -252,15 +252,35 @@ def _load_original(settings: Settings):
 
 
 def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict]:
+    from ..data import build_prompt, build_topic_prompt
+    from .recipe import recipe_identity
+
     base = {
         "original": original_fp,
         "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
         **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
     }
+    full, lora = settings.full_lr, settings.lora_lr
     return {
-        "full": {**base, "lr": settings.full_lr, "steps": settings.instructor_full_steps},
-        "lora": {**base, "lr": settings.lora_lr, "steps": settings.instructor_lora_steps},
-        "topic": {**base, "lr": settings.lora_lr, "steps": settings.instructor_topic_steps, "task": "topic"},
+        "full": {
+            **base,
+            "lr": full,
+            "steps": settings.instructor_full_steps,
+            "recipe": recipe_identity(settings, full, lora=False, prompt=build_prompt),
+        },
+        "lora": {
+            **base,
+            "lr": lora,
+            "steps": settings.instructor_lora_steps,
+            "recipe": recipe_identity(settings, lora, lora=True, prompt=build_prompt),
+        },
+        "topic": {
+            **base,
+            "lr": lora,
+            "steps": settings.instructor_topic_steps,
+            "task": "topic",
+            "recipe": recipe_identity(settings, lora, lora=True, prompt=build_topic_prompt),
+        },
     }
 
 

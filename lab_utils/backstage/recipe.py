@@ -120,6 +120,43 @@ def recipe_of(args: Seq2SeqTrainingArguments) -> dict:
     return {k: v for k, v in args.to_dict().items() if k not in RUN_FIELDS}
 
 
+# how a run is carried out, not what it trains: left out of a stage's identity (test_models shows that gradient
+# checkpointing trains the same weights; pinned memory only speeds up copies to a GPU)
+HOW_FIELDS = ("dataloader_pin_memory", "gradient_checkpointing", "gradient_checkpointing_kwargs")
+
+
+def recipe_identity(settings: Settings, learning_rate: float, lora: bool, prompt: Callable[[str], str]) -> dict:
+    """What a stage's training recipe sets beyond the libraries' defaults, and the prompt it trains on.
+
+    The instructor records this with each stage: a change to `training_arguments`, `lora_config` or a prompt
+    retrains the stage instead of reusing a checkpoint trained another way. Only values that differ from
+    `Seq2SeqTrainingArguments`' and `LoraConfig`'s own defaults are listed, so a new library version that adds a
+    field does not count as a change.
+    """
+    import json
+
+    from peft import LoraConfig
+    from transformers import Seq2SeqTrainingArguments
+
+    def plain(d: dict) -> dict:  # JSON-comparable values (sets become sorted lists, enums their values)
+        return json.loads(json.dumps(d, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+
+    def differences(ours: dict, default: dict, leave_out=()) -> dict:
+        ours, default = plain(ours), plain(default)
+        return {k: v for k, v in sorted(ours.items()) if k not in leave_out and default.get(k) != v}
+
+    args = training_arguments(settings, learning_rate, "identity", max_steps=1)
+    identity = {
+        "training_arguments": differences(
+            recipe_of(args), Seq2SeqTrainingArguments(output_dir="identity").to_dict(), HOW_FIELDS
+        ),
+        "prompt": prompt("{dialogue}"),
+    }
+    if lora:
+        identity["lora_config"] = differences(lora_config().to_dict(), LoraConfig().to_dict())
+    return identity
+
+
 def loss_history(trainer) -> list[tuple[int, float]]:
     """(step, training loss) pairs from a trainer's log."""
     return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
