@@ -118,7 +118,8 @@ def check_model_dir(
     tensor_shapes(path, "checkpoint folder", fix)
     bad = non_finite_tensors(path) if finite else []
     if bad:
-        raise LabError(f"checkpoint {folder} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]})", fix)
+        tensors = f"{len(bad)} tensor{'s' if len(bad) > 1 else ''}"
+        raise LabError(f"checkpoint {folder} has non-finite weights (NaN or inf in {tensors}, e.g. {bad[0]})", fix)
     return folder
 
 

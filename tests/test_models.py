@@ -189,6 +189,20 @@ def test_corrupt_or_incomplete_checkpoint_names_the_file(damage, named, tiny_mod
         check_model_dir(tmp_path / "ckpt")
 
 
+def test_a_checkpoint_with_non_finite_weights_is_refused(tiny_model, tmp_path):
+    """What a diverged full fine-tuning saves: loadable, so only the finite check stops it before it is published."""
+    import torch
+
+    from lab_utils.models import check_model_dir
+
+    with torch.no_grad():
+        tiny_model.decoder.block[1].layer[0].SelfAttention.v.weight[3, 5] = float("nan")
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert check_model_dir(tmp_path / "ckpt") == tmp_path / "ckpt"  # whole and readable
+    with pytest.raises(LabError, match=r"has non-finite weights \(NaN or inf in 1 tensor, e\.g\. decoder\.block\.1\."):
+        check_model_dir(tmp_path / "ckpt", finite=True, fix="run the command again to retrain it")
+
+
 def test_missing_checkpoint_folder_is_named(tmp_path):
     from lab_utils.models import check_model_dir
 
@@ -229,6 +243,13 @@ def _damage(adapter, how):
         config.write_text(_json.dumps(dict(_json.loads(config.read_text()), r=8)))
     elif how == "config without r":
         config.write_text(_json.dumps({k: v for k, v in _json.loads(config.read_text()).items() if k != "r"}))
+    elif how == "non-finite weights":  # what a diverged training saves
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        name = sorted(k for k in state if ".lora_B." in k)[0]
+        state[name][0, 0] = float("inf")
+        save_file(state, str(weights))
 
 
 @pytest.mark.parametrize(
@@ -240,6 +261,7 @@ def _damage(adapter, how):
         ("no weights", "has no adapter_model.safetensors or adapter_model.bin", "publish"),
         ("config of another rank", "has rank 4, but .* says r=8", "different adapters"),
         ("config without r", "has no `r` field", "add `r` to the file"),
+        ("non-finite weights", r"adapter weight .*lora_B.* is not finite \(NaN or inf\)", "publish the adapter"),
     ],
 )
 def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, adapter, tiny_model):
