@@ -70,6 +70,8 @@ def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_art
     assert "PROFILE: COURSE" in output_text(cells["settings"])
     # the course's checkpoint (pytorch_model.bin) and adapter (adapter_model.bin, peft 0.3 config) loaded
     assert "pytorch_model.bin" in {p.name for p in (tmp_path / "work" / "course" / "pulled").rglob("*")}
+    # loaded frozen, by the step the cell writes (peft's default is frozen too, so the call is checked as written)
+    assert "is_trainable=False" in "".join(cells["load-adapter"]["source"])
     assert "trainable model parameters: 0\n" in output_text(cells["load-adapter"])
     assert f"pulled from {COURSE_PREFIX}{RESULTS_FILE}" in output_text(cells["results-file"])
     # the full-test-set table is the lab's scoring of the course's file

@@ -51,6 +51,10 @@ def test_no_cell_failed(cells):
         ("lora-config", "print_trainable_parameters()"),
         ("lora-training-args", "Seq2SeqTrainer("),
         ("load-adapter", "PeftModel.from_pretrained(copy.deepcopy(original_model), peft_dir, is_trainable=False)"),
+        ("merge", ".merge_and_unload()"),
+        ("swap", '.load_adapter(topic_dir, adapter_name="topic", is_trainable=False)'),
+        ("swap", '.set_adapter("summary")'),
+        ("swap", '.set_adapter("topic")'),
     ],
 )
 def test_the_taught_calls_are_in_their_cells(cells, cell_id, call):
@@ -63,10 +67,16 @@ def test_plots_were_drawn(cells, cell_id):
     assert len(images) == 1
 
 
-def test_figures_saved_as_png():
+def test_figures_saved_as_png(cells):
+    """The run saved its figures as PNG files (not files left by an earlier run: written after the run started)."""
+    import json
+    from datetime import datetime
+
+    started = datetime.fromisoformat(json.loads(EXECUTED.read_text())["metadata"]["papermill"]["start_time"])
     figures = load_settings("offline", environ={}).work_path / "offline" / "figures"
     for name in ("full_vs_lora.png", "loss_curves.png", "rouge.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
+        assert (figures / name).stat().st_mtime >= started.timestamp() - 1, f"{name} is older than the run"
 
 
 def test_side_by_side_table(cells):
@@ -88,3 +98,17 @@ def test_headless_parameter_reached_the_notebook(cells):
     injected = [c for c in cells.values() if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected and "EVAL_DIALOGUES = 8" in "".join(injected[0]["source"])
     assert "8 dialogues, 24 test rows" in text(cells, "live-rouge")
+
+
+def test_section_6_merge_swap_and_serving(cells):
+    """Merge: the merged model's summaries equal the adapter's (a check that prints True); swap: both adapters'
+    outputs on one base; serving: the table of one base + two adapters vs two full models."""
+    assert "merged model = unmerged adapter: True" in text(cells, "merge-check")
+    assert "original model unchanged: True" in text(cells, "merge-check")
+    swap = dict(line.split(": ", 1) for line in text(cells, "swap").splitlines() if ": " in line)
+    assert swap.get("SUMMARY", "").strip() and swap.get("TOPIC", "").strip(), swap
+    assert swap["SUMMARY"] != swap["TOPIC"]  # two adapters, two tasks
+    table = text(cells, "serving-table")
+    assert "one base + 2 adapters" in table and "2 full fine-tuned models" in table
+    ratios = [float(v) for v in table.split("ratio", 1)[1].split()[:2]]  # parameters, MB on disk
+    assert all(0 < r < 1 for r in ratios), table

@@ -29,7 +29,7 @@ def namespace(data_400, tokenizer, tiny_model, tmp_path):
     from conftest import SETTINGS
 
     settings = SETTINGS.replace(work_dir=str(tmp_path), max_source_length=40, max_target_length=12)
-    return {
+    namespace = {
         "settings": settings,
         "dataset": load_dialogsum_csv(data_400),
         "tokenizer": tokenizer,
@@ -39,8 +39,8 @@ def namespace(data_400, tokenizer, tiny_model, tmp_path):
         "build_prompt": build_prompt,
         "split_sizes": split_sizes,
         "torch": torch,
-        "LORA_RANK": 32,
     }
+    return run_cells(["parameters"], namespace)  # the notebook's own LORA_RANK, as a learner has it
 
 
 def _as_json(args) -> dict:
