@@ -38,6 +38,29 @@ def test_the_release_is_whole():
     assert manifest["command"] and manifest["training_seconds"]
 
 
+def test_the_release_s_adapters_name_its_own_stand_in_as_their_base(tmp_path):
+    """Not the folder of the machine that trained them (what peft records), which no other machine has."""
+    import json
+    import shutil
+
+    from lab_utils.backstage.release import name_the_release_base
+    from lab_utils.config import PROJECT_ROOT
+
+    base = (RELEASE_DIR / "flan-t5-tiny").relative_to(PROJECT_ROOT).as_posix()
+    for adapter in ("peft-dialogue-summary-checkpoint", "peft-dialogue-topic-checkpoint"):
+        config = json.loads((RELEASE_DIR / adapter / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == base
+        assert (PROJECT_ROOT / base / "config.json").is_file()
+    # what `release` does to a run's adapters
+    shutil.copytree(RELEASE_DIR / PEFT_CHECKPOINT, tmp_path / PEFT_CHECKPOINT)
+    config, card = tmp_path / PEFT_CHECKPOINT / "adapter_config.json", tmp_path / PEFT_CHECKPOINT / "README.md"
+    config.write_text(config.read_text().replace(base, "/home/someone/data/offline/flan-t5-tiny"))
+    card.write_text(card.read_text().replace(base, "/home/someone/data/offline/flan-t5-tiny"))
+    name_the_release_base(tmp_path, base)
+    assert json.loads(config.read_text())["base_model_name_or_path"] == base
+    assert "/home/someone" not in card.read_text() and base in card.read_text()
+
+
 def test_the_results_file_covers_the_test_split(results, dialogsum):
     assert list(results.columns) == ["id", *RESULTS_COLUMNS] and len(results) == 1500
     assert results["id"].tolist() == dialogsum["test"]["id"]

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import RELEASE_DIR, Settings
+from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..errors import LabError
 from .instructor import PUBLISHED, Stages, publish, run_dir, write_json_atomic
 
@@ -52,6 +52,19 @@ def verify_release(folder: Path = RELEASE_DIR) -> dict:
     return manifest
 
 
+def name_the_release_base(folder: Path, base: str) -> None:
+    """Name the release's own stand-in as the base model of its adapters (`base_model_name_or_path` in
+    `adapter_config.json`, and the model card), instead of the folder on the machine that trained them."""
+    for adapter in sorted(folder.glob("*/adapter_config.json")):
+        config = json.loads(adapter.read_text(encoding="utf-8"))
+        trained_on = config.get("base_model_name_or_path")
+        if not trained_on or trained_on == base:
+            continue
+        for path in (adapter, adapter.with_name("README.md")):  # peft's model card names the base too
+            if path.is_file():
+                path.write_text(path.read_text(encoding="utf-8").replace(trained_on, base), encoding="utf-8")
+
+
 def make_release(
     settings: Settings, command: str, build_seconds: float | None = None, dest: Path = RELEASE_DIR
 ) -> Path:
@@ -74,6 +87,7 @@ def make_release(
             shutil.copytree(source, tmp / name, ignore=shutil.ignore_patterns("*.previous", "*.partial"))
         else:
             shutil.copy2(source, tmp / name)
+    name_the_release_base(tmp, (RELEASE_DIR / STANDIN).relative_to(PROJECT_ROOT).as_posix())
     seconds = {
         name: json.loads((run / name / "train_facts.json").read_text())["seconds"]
         for name in PUBLISHED
