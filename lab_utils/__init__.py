@@ -2,7 +2,8 @@
 
 One module per step of the story: `config` (settings, profiles, banner), `data` (DialogSum, the prompt), `models`
 (parameter counts, fingerprint, checkpoint checks), `checkpoints` (pulling from S3), `evaluation` (batched generation,
-ROUGE, the results file), `plots` (the pictures), `errors` (one message per fixable problem). What serves only the
+ROUGE, the results file), `plots` (the pictures), `serving` (one base model, several adapters), `errors` (one
+message per fixable problem). What serves only the
 instructor command, the benchmark and the offline world is in `backstage`.
 """
 

@@ -155,12 +155,12 @@ def _unreachable_error(client, uri: str, exc: BaseException) -> LabError:
     if env:
         fix = (
             f"AWS_ENDPOINT_URL_S3 is set to {env!r}: is that server running? For the local "
-            "test server run lab_utils.s3local.start_local_s3(); to use real AWS, unset AWS_ENDPOINT_URL_S3."
+            "test server run lab_utils.backstage.local_s3.start_local_s3(); to use real AWS, unset AWS_ENDPOINT_URL_S3."
         )
     else:
         fix = (
             "Check your network connection. To use a local or S3-compatible server instead of AWS, "
-            "set AWS_ENDPOINT_URL_S3 to its URL (e.g. run lab_utils.s3local.start_local_s3())."
+            "set AWS_ENDPOINT_URL_S3 to its URL (e.g. run lab_utils.backstage.local_s3.start_local_s3())."
         )
     return LabError(
         f"Could not reach the S3 endpoint {ep} for {uri} ({type(exc).__name__}, after retries).",
