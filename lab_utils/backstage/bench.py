@@ -60,7 +60,7 @@ FLOPS_FORMULA_SPLIT = "6 x (encoder weights x input tokens + (decoder weights + 
 
 @dataclasses.dataclass
 class Sizes:
-    """How much work each part does; the defaults finish in under 10 minutes on 2 cores."""
+    """How much work each part does; the defaults took 19 minutes on a 2-core AMD EPYC (docs/benchmark.md)."""
 
     model: dict  # T5Config values
     rows: int = 48  # (a) test rows, i.e. 16 dialogues of 3 rows each
