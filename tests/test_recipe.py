@@ -109,3 +109,19 @@ def test_the_course_values_are_in_the_recipe():
         0.05,
     )
     assert config.task_type == "SEQ_2_SEQ_LM"
+
+
+def test_a_stage_s_recipe_identity_is_what_the_recipe_sets_whatever_is_installed(monkeypatch):
+    """The instructor's stage identity lists what the recipe sets beyond the libraries' defaults; a logging package
+    installed on another machine (the Trainer's default `report_to`) must not make every stage retrain there."""
+    import transformers.integrations
+
+    from lab_utils.config import load_settings
+
+    settings = load_settings("offline", environ={})
+    here = recipe.recipe_identity(settings, 1e-3, lora=True, prompt=build_prompt)
+    assert here["training_arguments"]["weight_decay"] == 0.01 and here["training_arguments"]["group_by_length"]
+    assert here["lora_config"]["r"] == 32 and here["lora_config"]["target_modules"] == ["q", "v"]
+    assert here["prompt"] == build_prompt("{dialogue}")
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    assert recipe.recipe_identity(settings, 1e-3, lora=True, prompt=build_prompt) == here

@@ -121,8 +121,9 @@ def recipe_of(args: Seq2SeqTrainingArguments) -> dict:
 
 
 # how a run is carried out, not what it trains: left out of a stage's identity (test_models shows that gradient
-# checkpointing trains the same weights; pinned memory only speeds up copies to a GPU)
-HOW_FIELDS = ("dataloader_pin_memory", "gradient_checkpointing", "gradient_checkpointing_kwargs")
+# checkpointing trains the same weights; pinned memory only speeds up copies to a GPU; the default `report_to` is
+# whatever logging packages happen to be installed)
+HOW_FIELDS = ("dataloader_pin_memory", "gradient_checkpointing", "gradient_checkpointing_kwargs", "report_to")
 
 
 def recipe_identity(settings: Settings, learning_rate: float, lora: bool, prompt: Callable[[str], str]) -> dict:
@@ -131,7 +132,9 @@ def recipe_identity(settings: Settings, learning_rate: float, lora: bool, prompt
     The instructor records this with each stage: a change to `training_arguments`, `lora_config` or a prompt
     retrains the stage instead of reusing a checkpoint trained another way. Only values that differ from
     `Seq2SeqTrainingArguments`' and `LoraConfig`'s own defaults are listed, so a new library version that adds a
-    field does not count as a change.
+    field does not count as a change (and one that changes a default the recipe relies on is not seen either:
+    requirements.txt pins the versions). `tokenize` and `data_collator` are not covered: a change there must change
+    the prompt or a setting, or the run must be started afresh.
     """
     import json
 
