@@ -87,7 +87,10 @@ def make_release(
             shutil.copytree(source, tmp / name, ignore=shutil.ignore_patterns("*.previous", "*.partial"))
         else:
             shutil.copy2(source, tmp / name)
-    name_the_release_base(tmp, (RELEASE_DIR / STANDIN).relative_to(PROJECT_ROOT).as_posix())
+    base = dest.resolve() / STANDIN  # the stand-in copied beside the adapters (a trial release: outside the project)
+    name_the_release_base(
+        tmp, base.relative_to(PROJECT_ROOT).as_posix() if base.is_relative_to(PROJECT_ROOT) else str(base)
+    )
     seconds = {
         name: json.loads((run / name / "train_facts.json").read_text())["seconds"]
         for name in PUBLISHED
