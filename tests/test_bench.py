@@ -36,7 +36,9 @@ def _positive_numbers(obj, where=""):
 def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "lab_utils", "bench", "--smoke", "--threads", "1", "--data-dir", str(data_dir)]
-    proc = subprocess.run([*cmd, "--json", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=150)
+    # 131 s here when warm (each part measures in fresh processes, each importing torch); a fresh venv's first
+    # imports took it past 150 s in CI, so the limit only guards against a hang
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for part in bench.PARTS:
         assert f"[{part}]" in proc.stdout  # a progress line before each part

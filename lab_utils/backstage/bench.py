@@ -1019,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lab_utils bench",
         description="Measure the lab's speed-ups on this machine (flan-t5-base architecture, random weights).",
     )
-    parser.add_argument("--smoke", action="store_true", help="a tiny model and a few examples (< 60 s)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model and a few examples (about 2 minutes)")
     parser.add_argument("--only", help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
     default = {f.name: f.default for f in dataclasses.fields(Sizes)}
     for name, what in (
