@@ -112,3 +112,23 @@ def test_section_6_merge_swap_and_serving(cells):
     assert "one base + 2 adapters" in table and "2 full fine-tuned models" in table
     ratios = [float(v) for v in table.split("ratio", 1)[1].split()[:2]]  # parameters, MB on disk
     assert all(0 < r < 1 for r in ratios), table
+
+
+def test_the_results_file_story_as_the_notebook_prints_it(cells):
+    """Section 5.3 as a learner reads it: the fine-tuned models beat the best constant summary on ROUGE-1/2/L and
+    write distinct summaries for >= 90% of the test dialogues (a model that ignores its input could not)."""
+    import re
+
+    table = text(cells, "file-rouge-three")
+    rows = {
+        m.group(1): [float(x) for x in m.groups()[1:4]]
+        for m in re.finditer(r"^(original|instruct|peft|best constant)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", table, re.M)
+    }
+    assert set(rows) == {"original", "instruct", "peft", "best constant"}, table
+    for model in ("instruct", "peft"):
+        assert all(ours > bar for ours, bar in zip(rows[model], rows["best constant"])), (model, rows)
+    assert rows["instruct"][0] > rows["peft"][0] > rows["original"][0]
+    counts = re.search(r"distinct summaries of (\d+) test dialogues: original (\d+), instruct (\d+), peft (\d+)", table)
+    assert counts, table
+    dialogues, *distinct = (int(x) for x in counts.groups())
+    assert all(d >= 0.9 * dialogues for d in distinct[1:]), counts.group(0)
