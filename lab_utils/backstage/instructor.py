@@ -260,27 +260,15 @@ def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict
         "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
         **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
     }
-    full, lora = settings.full_lr, settings.lora_lr
+
+    def stage(lr: float, steps: int, lora: bool, prompt, **task) -> dict:
+        recipe = recipe_identity(settings, lr, lora=lora, prompt=prompt)
+        return {**base, "lr": lr, "steps": steps, **task, "recipe": recipe}
+
     return {
-        "full": {
-            **base,
-            "lr": full,
-            "steps": settings.instructor_full_steps,
-            "recipe": recipe_identity(settings, full, lora=False, prompt=build_prompt),
-        },
-        "lora": {
-            **base,
-            "lr": lora,
-            "steps": settings.instructor_lora_steps,
-            "recipe": recipe_identity(settings, lora, lora=True, prompt=build_prompt),
-        },
-        "topic": {
-            **base,
-            "lr": lora,
-            "steps": settings.instructor_topic_steps,
-            "task": "topic",
-            "recipe": recipe_identity(settings, lora, lora=True, prompt=build_topic_prompt),
-        },
+        "full": stage(settings.full_lr, settings.instructor_full_steps, False, build_prompt),
+        "lora": stage(settings.lora_lr, settings.instructor_lora_steps, True, build_prompt),
+        "topic": stage(settings.lora_lr, settings.instructor_topic_steps, True, build_topic_prompt, task="topic"),
     }
 
 
