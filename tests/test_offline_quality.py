@@ -43,10 +43,10 @@ def test_the_release_s_adapters_name_its_own_stand_in_as_their_base(tmp_path):
     import json
     import shutil
 
-    from lab_utils.backstage.release import name_the_release_base
+    from lab_utils.backstage.release import STANDIN, name_the_release_base
     from lab_utils.config import PROJECT_ROOT
 
-    base = (RELEASE_DIR / "flan-t5-tiny").relative_to(PROJECT_ROOT).as_posix()
+    base = (RELEASE_DIR / STANDIN).relative_to(PROJECT_ROOT).as_posix()
     for adapter in ("peft-dialogue-summary-checkpoint", "peft-dialogue-topic-checkpoint"):
         config = json.loads((RELEASE_DIR / adapter / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == base
