@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,31 +16,89 @@ NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
 
 
+def is_executed_notebook(path: Path) -> bool:
+    """True for a notebook `run` wrote earlier (papermill records itself in its metadata): one it may replace."""
+    import json
+
+    try:
+        return "papermill" in json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def failed_cell(executed: Path, exc) -> tuple[str, str, str]:
+    """(cell id, error name, message) of the cell a papermill run stopped in. The notebook shows a `LabError` as its
+    message alone (`errors.install_notebook_handler`), so it is found in the cell's text, not as an error output."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.get("execution_count") == exc.exec_count]
+    if not cells:
+        return "?", exc.ename, exc.evalue
+    cell = cells[0]
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            return cell.get("id", "?"), out["ename"], out["evalue"]
+        text = out.get("text", "")
+        if text.startswith("LabError: "):
+            return cell.get("id", "?"), "LabError", text.removeprefix("LabError: ").rstrip()
+    return cell.get("id", "?"), exc.ename, exc.evalue
+
+
 def run_notebook(parameters: dict[str, str], output: Path) -> int:
-    """Execute the notebook with papermill (parameters parsed as Python literals where possible)."""
+    """Execute the notebook with papermill (parameters parsed as Python literals where possible).
+
+    A parameter the notebook's parameters cell does not have is refused before anything runs; when a cell fails,
+    the terminal gets the cell's id and its error (a `LabError`'s message as it is, exit 2), not papermill's trace.
+    """
     import ast
 
     import papermill
+    from papermill.exceptions import PapermillExecutionError
 
+    known = papermill.inspect_notebook(str(NOTEBOOK))
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise LabError(
+            f"the notebook has no parameter {', '.join(unknown)}",
+            f"use one of {', '.join(known)} (its parameters cell), e.g. -p FULL_STEPS 5",
+        )
     values = {}
     for name, raw in parameters.items():
         try:
             values[name] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             values[name] = raw  # a bare word such as offline
-    output.parent.mkdir(parents=True, exist_ok=True)
     print(f"Executing {NOTEBOOK.name} -> {output}" + (f" with {values}" if values else ""))
-    papermill.execute_notebook(
-        str(NOTEBOOK),
-        str(output),
-        parameters=values,
-        cwd=str(PROJECT_ROOT),
-        kernel_name="python3",
-        progress_bar=True,
-        log_output=False,
-    )
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK),
+            str(output),
+            parameters=values,
+            cwd=str(PROJECT_ROOT),
+            kernel_name="python3",
+            progress_bar=True,
+            log_output=False,
+        )
+    except PapermillExecutionError as exc:
+        cell, ename, evalue = failed_cell(output, exc)
+        print(
+            f"error: the notebook stopped in cell {cell!r} (In [{exc.exec_count}]): {ename}: {evalue}", file=sys.stderr
+        )
+        print(f"  (the executed copy, with every output up to there: {output})", file=sys.stderr)
+        return 2 if ename == "LabError" else 1
     print(f"Executed notebook: {output}")
     return 0
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds (argparse type): a finite number of at least 0, so MANIFEST.json stays JSON."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} seconds: give a finite number of at least 0, e.g. 744")
+    return value
 
 
 # a disk that refuses what the lab writes: one message naming the file and the fix, not a traceback
@@ -79,9 +138,11 @@ def parser() -> argparse.ArgumentParser:
         metavar=("NAME", "VALUE"),
         help="override a variable of the notebook's parameters cell, e.g. -p FULL_STEPS 5",
     )
-    run.add_argument("--output", default=str(EXECUTED), help="where the executed notebook goes")
+    run.add_argument("--output", default=str(EXECUTED), help="where the executed notebook goes (never the notebook)")
     build = sub.add_parser("build-model", help="offline: train the stand-in's tokenizer and pretrain it")
-    build.add_argument("--out", default="data/offline/flan-t5-tiny", help="folder to write (never a Hub id)")
+    build.add_argument(
+        "--out", default=str(PROJECT_ROOT / "data/offline/flan-t5-tiny"), help="a new folder to write (never a Hub id)"
+    )
     ins = sub.add_parser("instructor", help="train, evaluate the full test set, publish checkpoints + results to S3")
     ins.add_argument("--no-upload", action="store_true", help="keep the run on disk, do not publish it")
     ins.add_argument("--full-steps", type=steps, help="training steps of the full fine-tune")
@@ -95,8 +156,14 @@ def parser() -> argparse.ArgumentParser:
     )
     rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
-    rel.add_argument("--build-seconds", type=float, help="how long build-model took, recorded in the manifest")
-    rel.add_argument("--to", help="write the release here instead of lab_utils/backstage/release (a trial)")
+    rel.add_argument("--build-seconds", type=seconds, help="how long build-model took, recorded in the manifest")
+    where = rel.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", help="write the release into this new folder (a trial, or one to look at)")
+    where.add_argument(
+        "--replace-committed",
+        action="store_true",
+        help="replace the committed release in lab_utils/backstage/release (what the offline notebook pulls)",
+    )
     summ = sub.add_parser("summarize", help="summarize dialogues with the original model, an adapter or a merged model")
     which = summ.add_mutually_exclusive_group()
     which.add_argument("--adapter", help="a LoRA adapter folder, loaded onto the original model (LAB_MODEL_ID)")
@@ -108,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
         help="a text file (dialogues separated by a blank line), a CSV, or - for standard input (default)",
     )
     summ.add_argument("--column", default="dialogue", help="the CSV column holding the dialogues")
+    summ.add_argument("--encoding", help="the input's encoding, e.g. cp1252 (default: UTF-8, or its byte-order mark)")
     summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
     sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
     return p
@@ -140,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         settings = load_settings(None, **overrides)  # checked here, before any work
         if args.command == "run":
-            return run_notebook(dict(args.parameter), Path(args.output))
+            from .outputs import check_output_file
+
+            output = check_output_file(
+                args.output, [NOTEBOOK], is_executed_notebook, "the executed notebook (--output)"
+            )
+            return run_notebook(dict(args.parameter), output)
         if args.command == "settings":
             print(settings_table()) if args.markdown else settings.show()
         elif args.command == "build-model":
@@ -160,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                 progress=sys.stderr.isatty() or "CI" not in os.environ,
             )
         elif args.command == "release":
-            from .backstage.release import make_release, verify_release
+            from .backstage.release import make_release, not_in_release, verify_release
+            from .config import RELEASE_DIR
+            from .outputs import check_output_dir
 
             if not settings.offline:
                 raise LabError("release is for the offline profile", "run with --profile offline")
-            from .config import RELEASE_DIR
-
-            dest = settings.path(args.to) if args.to else RELEASE_DIR
+            committed = [RELEASE_DIR] if args.replace_committed else []  # replaced only when asked for
+            dest = check_output_dir(args.to or RELEASE_DIR, not_in_release, "the release folder", committed)
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":

@@ -47,10 +47,10 @@ class Settings:
     s3_anonymous: bool = _setting(False, "`true` to read a public bucket without AWS credentials")
     rouge_metric: str = _setting("rouge", "what `evaluate.load` loads: the Hub's `rouge`, or a local metric", "text")
     work_dir: str = _setting("data", "where checkpoints are pulled and runs are written", "text")
-    seed: int = _setting(42, "seed of training and data order", ">=0")
-    max_source_length: int = _setting(512, "tokens kept of the prompt, in training and in generation", ">=1")
-    max_target_length: int = _setting(128, "tokens kept of the summary (labels)", ">=1")
-    max_new_tokens: int = _setting(200, "generation length (greedy)", ">=1")
+    seed: int = _setting(42, "seed of training and data order", "seed")
+    max_source_length: int = _setting(512, "tokens kept of the prompt, in training and in generation", "length")
+    max_target_length: int = _setting(128, "tokens kept of the summary (labels)", "length")
+    max_new_tokens: int = _setting(200, "generation length (greedy)", "length")
     no_repeat_ngram_size: int = _setting(0, "forbid repeated n-grams in generation (0 = off)", ">=0")
     notebook_full_steps: int = _setting(2, "steps of the notebook's short full fine-tune", ">=1")
     notebook_lora_steps: int = _setting(2, "steps of the notebook's short LoRA training", ">=1")
@@ -90,7 +90,12 @@ class Settings:
         return self.s3_uri.rstrip("/") + "/" + name
 
     def replace(self, **changes) -> Settings:
-        """A copy with some settings changed, checked like loaded ones."""
+        """A copy with some settings changed, checked like loaded ones (types included)."""
+        defaults = profile_defaults(self.profile)
+        for key, value in changes.items():
+            if key not in defaults:
+                raise LabError(f"unknown setting {key!r}", "use one of: " + ", ".join(sorted(defaults)))
+            changes[key] = _check_type(key, value, defaults[key])
         return check_settings(dataclasses.replace(self, **changes))
 
     def show(self) -> None:
@@ -161,8 +166,19 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+# numpy's and torch's seeds are unsigned 32-bit numbers: a larger one is refused at training time, not here
+MAX_SEED = 2**32 - 1
+# token lengths: Flan-T5 was trained on 512-token inputs, and attention's memory grows with the square of the length
+# (4,096 tokens: batch 16 x 12 heads x 4096^2 floats = 12.9 GB a layer): longer ones end in a failed allocation
+MAX_TOKENS = 4096
+
+
 def _check_value(name: str, value: object, check: str) -> str | None:
     """Why `value` is not acceptable for the setting `name` (None when it is)."""
+    if check == "seed" and not 0 <= value <= MAX_SEED:
+        return f"must be a whole number from 0 to {MAX_SEED:,} (2^32 - 1, what numpy and torch accept)"
+    if check == "length" and not 1 <= value <= MAX_TOKENS:
+        return f"must be a whole number of tokens from 1 to {MAX_TOKENS} (Flan-T5 was trained on 512)"
     if check == ">=1" and value < 1:
         return "must be a whole number of at least 1"
     if check == ">=0" and value < 0:

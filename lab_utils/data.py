@@ -27,7 +27,7 @@ def build_topic_prompt(dialogue: str) -> str:
 
 
 def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
-    """Read one DialogSum CSV (Hub layout) and check it has the columns and no empty dialogue."""
+    """Read one DialogSum CSV (Hub layout) and check it has the columns and no empty dialogue or summary."""
     import pandas as pd
 
     try:
@@ -46,13 +46,14 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
             f"{path} has a header but no rows",
             f"point `{setting}` at a complete copy of DialogSum (its CSVs have rows)",
         )
-    empty = frame.index[frame["dialogue"].str.strip() == ""].tolist()
-    if empty:
-        rows = ", ".join(str(i + 2) for i in empty[:5])  # +2: header line, 1-based lines
-        raise LabError(
-            f"{path} has {len(empty)} empty dialogue(s) (CSV line {rows}{', ...' if len(empty) > 5 else ''})",
-            f"fix or remove those rows, or point `{setting}` at a complete copy of DialogSum",
-        )
+    for column in ("dialogue", "summary"):  # a dialogue is the input, a summary the target (or the reference)
+        empty = frame.index[frame[column].str.strip() == ""].tolist()
+        if empty:
+            rows = ", ".join(str(i + 2) for i in empty[:5])  # +2: header line, 1-based lines
+            raise LabError(
+                f"{path} has {len(empty)} empty {column}(s) (CSV line {rows}{', ...' if len(empty) > 5 else ''})",
+                f"fix or remove those rows, or point `{setting}` at a complete copy of DialogSum",
+            )
     return Dataset.from_pandas(frame[list(COLUMNS)], preserve_index=False)
 
 

@@ -87,7 +87,7 @@ def summarize(
     gen_kwargs = generation_kwargs(settings) if gen_kwargs is None else gen_kwargs
     batch_size = settings.eval_batch_size if batch_size is None else batch_size
     max_source_length = settings.max_source_length
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise LabError(f"batch_size={batch_size!r} must be a whole number of at least 1", "use e.g. batch_size=16")
     if gen_kwargs.get("max_new_tokens", 1) < 1:
         raise LabError(
@@ -298,8 +298,25 @@ def compute_rouge(
     return mean_scores(per_row)
 
 
+def checked_scores(scores: object, name: str) -> dict[str, float]:
+    """One model's ROUGE scores as `compute_rouge` returns them (per-row lists are averaged), or a `LabError`
+    saying what a notebook helper was given instead."""
+    fix = "pass what `compute_rouge` (or `rouge.compute`) returned for that model"
+    if not isinstance(scores, dict):
+        raise LabError(f"the scores of {name} are a {type(scores).__name__}, not a dict of ROUGE metrics", fix)
+    missing = [k for k in ROUGE_KEYS if k not in scores]
+    if missing:
+        raise LabError(f"the scores of {name} lack {', '.join(missing)} (it has: {', '.join(map(str, scores))})", fix)
+    if any(isinstance(scores[k], list | tuple) for k in ROUGE_KEYS):
+        if any(not len(scores[k]) for k in ROUGE_KEYS):
+            raise LabError(f"the per-row scores of {name} are empty", "score at least one prediction")
+        return mean_scores(scores)
+    return {k: float(scores[k]) for k in ROUGE_KEYS}
+
+
 def improvement(new: dict[str, float], old: dict[str, float]) -> dict[str, float]:
     """Absolute improvement per metric in percentage points (the course's `new - old`, times 100)."""
+    new, old = checked_scores(new, "the new model"), checked_scores(old, "the old model")
     return {k: 100.0 * (new[k] - old[k]) for k in ROUGE_KEYS}
 
 
@@ -314,7 +331,9 @@ def rouge_table(scores: dict[str, dict]) -> pd.DataFrame:
     """A DataFrame: one row per model, one column per ROUGE metric; per-row scores (lists) are averaged."""
     import pandas as pd
 
-    means = {m: mean_scores(s) if isinstance(next(iter(s.values())), list) else s for m, s in scores.items()}
+    if not isinstance(scores, dict) or not scores:
+        raise LabError("no scores to show", "pass {'model name': compute_rouge(...), ...}")
+    means = {m: checked_scores(s, repr(m)) for m, s in scores.items()}
     return pd.DataFrame.from_dict(means, orient="index")[list(ROUGE_KEYS)].round(4)
 
 

@@ -32,7 +32,14 @@ LAB_PRETRAIN_STEPS=3 python -m lab_utils build-model --out "$trial/stand-in"
 # on the release's stand-in (3 pretraining steps would write empty summaries, which the instructor refuses)
 LAB_WORK_DIR="$trial/work" LAB_MAX_NEW_TOKENS=16 \
   python -m lab_utils instructor --no-upload --full-steps 3 --lora-steps 3 --topic-steps 3
-LAB_WORK_DIR="$trial/work" LAB_MAX_NEW_TOKENS=16 python -m lab_utils release --to "$trial/release" --made-by "CI"
+# a 3-step run cannot pass the story checks: release must refuse it (exit 2) and write nothing
+code=0
+LAB_WORK_DIR="$trial/work" LAB_MAX_NEW_TOKENS=16 python -m lab_utils release --to "$trial/release" --made-by "CI" \
+  || code=$?
+if [ "$code" != 2 ] || [ -e "$trial/release" ]; then
+  echo "release of a 3-step run: exit $code (2 expected), $trial/release $([ -e "$trial/release" ] || echo not) written"
+  exit 1
+fi
 
 step "the notebook, headless: data/executed/lab2_fine_tune_peft.ipynb (artifact)"
 python -m lab_utils run -p EVAL_DIALOGUES 8  # a parameter, as an instructor would pass one

@@ -159,6 +159,18 @@ def test_a_typo_on_a_finished_run_changes_nothing(tiny_settings, monkeypatch, ca
     assert snapshot(run) == before
 
 
+def test_an_interrupted_stage_leaves_no_debris(tiny_settings):
+    """What a killed stage left half-written (its `.partial` folder, a torn record) is gone after the next run,
+    which keeps every finished result."""
+    run = run_instructor(tiny_settings, upload=False, progress=False)
+    before = snapshot(run)
+    (run / (TOPIC_CHECKPOINT + ".partial") / "trainer").mkdir(parents=True)
+    (run / (TOPIC_CHECKPOINT + ".partial") / "trainer" / "optimizer.pt").write_bytes(b"\0" * 1000)
+    (run / "stages" / "topic.json.tmp").write_text('{"half": ')
+    run_instructor(tiny_settings, upload=False, progress=False)
+    assert snapshot(run) == before
+
+
 def test_a_changed_generation_setting_regenerates_without_retraining(tiny_settings, capsys):
     run = run_instructor(tiny_settings, upload=False, progress=False)
     checkpoints = {n: snapshot(run / n) for n in (FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT)}

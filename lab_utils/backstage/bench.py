@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import LabError
+from ..outputs import check_output_file
 
 PARTS = ("a", "b", "c", "d", "e", "f", "g")
 PART_TITLES = {
@@ -1014,6 +1015,14 @@ def print_report(report: dict) -> None:
         print("(--smoke: a tiny model; these ratios say nothing about flan-t5-base)")
 
 
+def is_bench_report(path: Path) -> bool:
+    """True for a report an earlier `bench --json` wrote (it has the parts' times): one it may replace."""
+    try:
+        return "part_s" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lab_utils bench",
@@ -1039,19 +1048,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        # checked before minutes of measuring: a bad path fails now, and a file the lab did not write is kept
+        json_path = args.json and check_output_file(args.json, ours=is_bench_report, what="the report (--json)")
         report = run(args)
     except LabError as exc:
-        print(f"LabError: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     report["total_s"] = time.perf_counter() - t0
     print_report(report)
     parts = ", ".join(f"{p} {s:.0f} s" for p, s in report["part_s"].items())
     print(f"Total: {report['total_s']:.0f} s ({parts})")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
-        print(f"Numbers: {path}")
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+        print(f"Numbers: {json_path}")
     return 0
 
 

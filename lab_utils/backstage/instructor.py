@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
@@ -37,6 +38,41 @@ from .recipe import is_main_process
 # the settings each stage's result depends on (besides the original model's weights and the data)
 TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
 GENERATION_SETTINGS = ("max_source_length", "max_new_tokens", "no_repeat_ngram_size", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of the instructor's run: the one table training, identity, results and release read."""
+
+    name: str  # its record in stages/<name>.json
+    folder: str  # what it writes (and publishes) in the run folder
+    label: str  # how messages name it
+    lr_setting: str  # the settings field of its learning rate
+    steps_setting: str  # the settings field of its step count
+    lora: bool  # a LoRA adapter on the original model (else all weights are trained)
+    task: str = "summary"  # "summary" (the course's prompt and target) or "topic"
+
+    def lr(self, settings: Settings) -> float:
+        return getattr(settings, self.lr_setting)
+
+    def steps(self, settings: Settings) -> int:
+        return getattr(settings, self.steps_setting)
+
+    @property
+    def prompt(self):
+        from ..data import build_prompt, build_topic_prompt
+
+        return build_topic_prompt if self.task == "topic" else build_prompt
+
+
+TRAINED = (
+    Stage("full", FULL_CHECKPOINT, "full fine-tuned (instruct) model", "full_lr", "instructor_full_steps", False),
+    Stage("lora", PEFT_CHECKPOINT, "LoRA adapter", "lora_lr", "instructor_lora_steps", True),
+    Stage("topic", TOPIC_CHECKPOINT, "topic LoRA adapter", "lora_lr", "instructor_topic_steps", True, "topic"),
+)
+STAGES = {stage.name: stage for stage in TRAINED}
+STAGE_NAMES = (*STAGES, "results")  # the results stage: every test row summarized, every topic named
+PUBLISHED = (*(stage.folder for stage in TRAINED), RESULTS_FILE, TOPIC_RESULTS_FILE)
 
 
 def run_dir(settings: Settings) -> Path:
@@ -162,6 +198,14 @@ def run_lock(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def remove_debris(root: Path) -> None:
+    """Remove what an interrupted run left half-written (`*.partial` folders, `*.tmp` files); the lock is held, so
+    no other instructor is writing them."""
+    for path in sorted([*root.glob("*.partial"), *root.glob("*.tmp"), *root.glob("stages/*.tmp")]):
+        print(f"Removing {path.name}, left half-written by an interrupted run")
+        _remove(path)
+
+
 def check_losses(log_history: list[dict], what: str, setting: str) -> None:
     """Stop with a clear message when training produced a non-finite loss or gradient norm (it diverged)."""
     for entry in log_history:
@@ -174,12 +218,13 @@ def check_losses(log_history: list[dict], what: str, setting: str) -> None:
                 )
 
 
-def _train_stage(model, tokenizer, train, out: Path, lr: float, steps: int, settings: Settings, what: str, setting):
-    """Train with the notebook's recipe for `steps` steps; rank 0 saves to `out` (via a temporary folder)."""
+def _train_stage(model, tokenizer, train, out: Path, stage: Stage, settings: Settings):
+    """Train one stage with the notebook's recipe; rank 0 saves to `out` (via a temporary folder)."""
     from .recipe import make_trainer, recipe_of, training_arguments
 
     tmp = out.with_name(out.name + ".partial")
     _remove(tmp)
+    what, lr, steps = stage.label, stage.lr(settings), stage.steps(settings)
     print(f"Training the {what}: {steps} steps, learning rate {lr}, batch {settings.train_batch_size}", flush=True)
     t0 = time.time()
     args = training_arguments(settings, lr, tmp / "trainer", steps, logging_steps=max(1, steps // 50))
@@ -187,12 +232,12 @@ def _train_stage(model, tokenizer, train, out: Path, lr: float, steps: int, sett
     trainer.train()
     if not trainer.is_world_process_zero():
         return  # data-parallel: the other processes helped train; rank 0 saves
-    check_losses(trainer.state.log_history, what, setting)
+    check_losses(trainer.state.log_history, what, "LAB_" + stage.lr_setting.upper())
     _remove(tmp / "trainer")
     if settings.offline:
         model.half()  # the offline release is committed to git: fp16 on disk, loaded as float32
     model.save_pretrained(tmp)
-    if what.startswith("full"):  # a full checkpoint carries its tokenizer; an adapter is only the adapter
+    if not stage.lora:  # a full checkpoint carries its tokenizer; an adapter is only the adapter
         tokenizer.save_pretrained(tmp)
     write_json_atomic(tmp / "train_log.json", trainer.state.log_history)
     facts = {"world_size": args.world_size, "seconds": round(time.time() - t0), "recipe": recipe_of(args)}
@@ -227,6 +272,7 @@ def run_instructor(
     if not is_main_process():
         return _train_stages(settings, out, original, tokenizer, dataset)
     with run_lock(out):
+        remove_debris(out)
         if upload:
             from .publish import check_publish_target
 
@@ -252,7 +298,6 @@ def _load_original(settings: Settings):
 
 
 def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict]:
-    from ..data import build_prompt, build_topic_prompt
     from .recipe import recipe_identity
 
     base = {
@@ -260,48 +305,40 @@ def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict
         "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
         **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
     }
-
-    def stage(lr: float, steps: int, lora: bool, prompt, **task) -> dict:
-        recipe = recipe_identity(settings, lr, lora=lora, prompt=prompt)
-        return {**base, "lr": lr, "steps": steps, **task, "recipe": recipe}
-
     return {
-        "full": stage(settings.full_lr, settings.instructor_full_steps, False, build_prompt),
-        "lora": stage(settings.lora_lr, settings.instructor_lora_steps, True, build_prompt),
-        "topic": stage(settings.lora_lr, settings.instructor_topic_steps, True, build_topic_prompt, task="topic"),
+        stage.name: {
+            **base,
+            "lr": stage.lr(settings),
+            "steps": stage.steps(settings),
+            **({"task": stage.task} if stage.task != "summary" else {}),
+            "recipe": recipe_identity(settings, stage.lr(settings), lora=stage.lora, prompt=stage.prompt),
+        }
+        for stage in TRAINED
     }
 
 
 def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset) -> Path:
     from peft import get_peft_model
 
-    from ..data import build_topic_prompt
     from ..models import fingerprint
     from .recipe import lora_config, tokenize
 
     ids = _identities(settings, fingerprint(original), dataset)
     stages = Stages(out)
-    plan = [
-        ("full", FULL_CHECKPOINT, settings.full_lr, settings.instructor_full_steps, "LAB_FULL_LR"),
-        ("lora", PEFT_CHECKPOINT, settings.lora_lr, settings.instructor_lora_steps, "LAB_LORA_LR"),
-        ("topic", TOPIC_CHECKPOINT, settings.lora_lr, settings.instructor_topic_steps, "LAB_LORA_LR"),
-    ]
-    what = {"full": "full fine-tuned (instruct) model", "lora": "LoRA adapter", "topic": "topic LoRA adapter"}
     tokenized = {}
-    for stage, name, lr, steps, setting in plan:
-        folder = out / name
-        if is_main_process() and stages.done(stage, [folder], ids[stage]):
+    for stage in TRAINED:
+        folder = out / stage.folder
+        if is_main_process() and stages.done(stage.name, [folder], ids[stage.name]):
             continue
-        if not is_main_process() and stages.identity(stage) == ids[stage] and folder.exists():
+        if not is_main_process() and stages.identity(stage.name) == ids[stage.name] and folder.exists():
             continue
-        task = "topic" if stage == "topic" else "summary"
-        if task not in tokenized:
-            prompt = build_topic_prompt if task == "topic" else None
-            tokenized[task] = tokenize(dataset, tokenizer, settings, prompt=prompt, target=task)["train"]
-        model = copy.deepcopy(original) if stage == "full" else get_peft_model(copy.deepcopy(original), lora_config())
-        _train_stage(model, tokenizer, tokenized[task], folder, lr, steps, settings, what[stage], setting)
+        if stage.task not in tokenized:
+            prompt = stage.prompt if stage.task != "summary" else None
+            tokenized[stage.task] = tokenize(dataset, tokenizer, settings, prompt=prompt, target=stage.task)["train"]
+        model = get_peft_model(copy.deepcopy(original), lora_config()) if stage.lora else copy.deepcopy(original)
+        _train_stage(model, tokenizer, tokenized[stage.task], folder, stage, settings)
         if is_main_process():
-            stages.complete(stage, [folder], ids[stage])
+            stages.complete(stage.name, [folder], ids[stage.name])
     return out
 
 
@@ -309,15 +346,11 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..data import build_topic_prompt
     from ..evaluation import RESULTS_COLUMNS, summarize, write_results_file
     from ..models import check_adapter_dir, check_model_dir, fingerprint
     from .inference import prepare_for_inference
 
-    trained = {
-        name: json.dumps(Stages(out).identity(stage), sort_keys=True)
-        for stage, name in (("full", FULL_CHECKPOINT), ("lora", PEFT_CHECKPOINT), ("topic", TOPIC_CHECKPOINT))
-    }
+    trained = {stage.folder: json.dumps(Stages(out).identity(stage.name), sort_keys=True) for stage in TRAINED}
     identity = {
         "models": trained,
         "test": text_digest(test["id"], test["dialogue"], test["summary"], test["topic"]),
@@ -329,8 +362,9 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     if stages.done("results", outputs, identity):
         return
     full_dir = check_model_dir(out / FULL_CHECKPOINT, finite=True, fix="run the command again to retrain it")
-    for name in (PEFT_CHECKPOINT, TOPIC_CHECKPOINT):
-        check_adapter_dir(out / name, original, settings.model_id, fix="run the command again to retrain it")
+    for stage in TRAINED:
+        if stage.lora:
+            check_adapter_dir(out / stage.folder, original, settings.model_id, fix="run the command again: it retrains")
 
     def adapter(name):
         return PeftModel.from_pretrained(copy.deepcopy(original), out / name, is_trainable=False)
@@ -366,7 +400,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         progress=progress,
         desc="topic",
         cache=cache / "topic.jsonl",
-        prompt=build_topic_prompt,
+        prompt=STAGES["topic"].prompt,
     )
     _check_summaries("peft_model_topics", topics)
     assert fingerprint(original) == before, "generation changed the original model"
@@ -379,9 +413,6 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     stages.complete("results", outputs, identity)
     shutil.rmtree(cache, ignore_errors=True)
     print(f"Wrote {out / RESULTS_FILE} and {out / TOPIC_RESULTS_FILE} ({len(test)} test rows)")
-
-
-PUBLISHED = (FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE)
 
 
 def publish(settings: Settings, folder: Path) -> None:

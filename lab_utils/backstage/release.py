@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
 
+from ..checkpoints import FULL_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..errors import LabError
-from .instructor import PUBLISHED, Stages, publish, run_dir, write_json_atomic
+from .instructor import PUBLISHED, STAGE_NAMES, TRAINED, Stages, publish, run_dir, write_json_atomic
 
 STANDIN = "flan-t5-tiny"
 MANIFEST = "MANIFEST.json"
@@ -65,18 +67,91 @@ def name_the_release_base(folder: Path, base: str) -> None:
                 path.write_text(path.read_text(encoding="utf-8").replace(trained_on, base), encoding="utf-8")
 
 
+def not_in_release(folder: Path) -> list[str]:
+    """The files of `folder` that no release wrote: those its MANIFEST.json does not list (all, without one)."""
+    present = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if not p.is_dir()]
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return present
+    return [name for name in present if name not in listed and name != MANIFEST]
+
+
+def check_seconds(seconds: dict[str, object]) -> None:
+    """Every time the manifest records is a finite, non-negative number of seconds (MANIFEST.json stays JSON)."""
+    for name, value in seconds.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not ok:
+            raise LabError(
+                f"the training time of {name} is {value!r}, not a finite number of seconds >= 0; nothing was written",
+                "give --build-seconds as a number such as 744, or run the instructor again",
+            )
+
+
+def check_run(settings: Settings, run: Path, stages: Stages) -> None:
+    """What a release promises, checked on the run before anything is written: the checkpoint and adapters load as
+    the notebook's pulls check them, they were trained on `LAB_MODEL_ID` (the fingerprint each stage recorded),
+    and the results file passes the lab's story checks (`evaluation.story_checks`)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from ..data import load_dialogsum
+    from ..evaluation import TOPIC_COLUMNS, read_results_file, story_checks
+    from ..models import check_adapter_dir, check_model_dir, fingerprint
+
+    fix = "run `python -m lab_utils --profile offline instructor` again: it retrains what is damaged"
+    check_model_dir(run / FULL_CHECKPOINT, finite=True, fix=fix)
+    base_dir = check_model_dir(settings.model_path_or_id, fix="check `LAB_MODEL_ID`")
+    base = AutoModelForSeq2SeqLM.from_pretrained(base_dir, dtype="float32")
+    base_fingerprint = fingerprint(base)
+    for stage in TRAINED:
+        trained_on = stages.identity(stage.name)["original"]
+        if trained_on != base_fingerprint:
+            raise LabError(
+                f"the run's {stage.name} stage was trained on another original model (fingerprint {trained_on}) "
+                f"than `LAB_MODEL_ID`={settings.model_id} ({base_fingerprint}); nothing was written",
+                "set `LAB_MODEL_ID` to the model the instructor trained on (e.g. data/offline/flan-t5-tiny)",
+            )
+    for stage in TRAINED:
+        if stage.lora:
+            check_adapter_dir(run / stage.folder, base, settings.model_id, fix=fix)
+    frame = read_results_file(run / RESULTS_FILE)
+    read_results_file(run / TOPIC_RESULTS_FILE, TOPIC_COLUMNS)
+    print("Checking the results file against the lab's story (distinct summaries, the best constant, ROUGE order)")
+    checks = story_checks(frame, load_dialogsum(settings)["train"]["summary"])
+    failed = [f"{name}: {numbers}" for name, (ok, numbers) in checks.items() if not ok]
+    if failed:
+        raise LabError(
+            f"the run's results file fails {len(failed)} of {len(checks)} story checks, so it is not released "
+            "(nothing was written):\n    " + "\n    ".join(failed),
+            "train with the offline defaults (`python -m lab_utils --profile offline instructor`), then release",
+        )
+
+
 def make_release(
     settings: Settings, command: str, build_seconds: float | None = None, dest: Path = RELEASE_DIR
 ) -> Path:
-    """Copy the stand-in and the finished offline instructor run into the release folder, with a manifest."""
+    """Copy the stand-in and the finished offline instructor run into the release folder, with a manifest.
+
+    Everything is checked first (`check_run`, `check_seconds`); then the release is written under a temporary name
+    and renamed into place (the caller checked that `dest` holds nothing but an earlier release: `not_in_release`).
+    """
     run = run_dir(settings)
     stages = Stages(run)
-    unfinished = [s for s in ("full", "lora", "topic", "results") if stages.identity(s) is None]
+    unfinished = [s for s in STAGE_NAMES if stages.identity(s) is None]
     if unfinished or not all((run / name).exists() for name in PUBLISHED):
         raise LabError(
             f"the instructor run in {run} is not finished ({', '.join(unfinished)})",
             "run `python -m lab_utils --profile offline instructor` first",
         )
+    seconds = {
+        name: json.loads((run / name / "train_facts.json").read_text())["seconds"]
+        for name in PUBLISHED
+        if (run / name / "train_facts.json").is_file()
+    }
+    if build_seconds is not None:
+        seconds[STANDIN] = build_seconds
+    check_seconds(seconds)
+    check_run(settings, run, stages)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -91,25 +166,18 @@ def make_release(
     name_the_release_base(
         tmp, base.relative_to(PROJECT_ROOT).as_posix() if base.is_relative_to(PROJECT_ROOT) else str(base)
     )
-    seconds = {
-        name: json.loads((run / name / "train_facts.json").read_text())["seconds"]
-        for name in PUBLISHED
-        if (run / name / "train_facts.json").is_file()
-    }
-    if build_seconds is not None:
-        seconds[STANDIN] = build_seconds
     manifest = {
         "made": time.strftime("%Y-%m-%d"),
         "command": command,
         "training_seconds": seconds,
-        "stages": {s: stages.identity(s) for s in ("full", "lora", "topic", "results")},
+        "stages": {s: stages.identity(s) for s in STAGE_NAMES},
         "sha256": {p.relative_to(tmp).as_posix(): sha256(p) for p in release_files(tmp)},
     }
     write_json_atomic(tmp / MANIFEST, manifest)
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
-        dest.rename(old)
+        dest.rename(old)  # an empty folder, or a release this command wrote (checked by the caller)
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     print(f"Wrote the offline release to {dest} ({len(manifest['sha256'])} files)")

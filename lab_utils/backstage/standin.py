@@ -234,21 +234,21 @@ def build_offline_model(
 
 
 def build_standin(settings, out: str | Path, progress: bool = True) -> Path:
-    """`python -m lab_utils build-model`: train the stand-in's tokenizer and pretrain it on DialogSum's text."""
-    from ..config import RELEASE_DIR, looks_like_hub_id
+    """`python -m lab_utils build-model`: train the stand-in's tokenizer and pretrain it on DialogSum's text.
+
+    `out` is resolved against the current folder (a command-line path); the release is made by `release`, never here.
+    """
+    from ..config import looks_like_hub_id
     from ..data import load_dialogsum
+    from ..outputs import check_output_dir, not_a_saved_model
 
     if looks_like_hub_id(str(out)):
         raise LabError(
             f"{out!r} looks like a Hugging Face Hub id, and the lab never creates a Hub id as a local folder",
-            "give a folder path, e.g. --out data/offline/flan-t5-tiny (or ./name for a folder in the project)",
+            "give a folder path, e.g. --out data/offline/flan-t5-tiny (or ./name for a new folder here)",
         )
-    out = settings.path(out)
-    if out == RELEASE_DIR / "flan-t5-tiny" or RELEASE_DIR in out.parents:
-        raise LabError(
-            f"{out} is inside the committed release",
-            "build into data/ (the default), run the instructor on it, then `python -m lab_utils release`",
-        )
+    # a folder holding only a saved model is one build-model wrote (and may replace); anything else is refused
+    out = check_output_dir(out, not_a_saved_model, "the stand-in's folder (--out)")
     train = load_dialogsum(settings)["train"]
     texts = list(train["dialogue"]) + list(train["summary"])
     return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)

@@ -1,0 +1,423 @@
+"""Nothing the user owns is destroyed, and nothing broken is released: `release`, `run`, `summarize` and `bench`
+check their outputs and inputs first, then act. Each CLI case exits 2 with one message, no traceback, and no file
+changed.
+
+The finished run these tests release is the committed release laid out as an instructor run (its checkpoints,
+results files and the stage records its manifest keeps), so they need no training; DialogSum's training summaries
+(for the story checks' constant bar) come from `LAB_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from lab_utils.__main__ import NOTEBOOK, main
+from lab_utils.backstage.instructor import PUBLISHED
+from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
+from lab_utils.config import PROJECT_ROOT, RELEASE_DIR, load_settings
+
+OFFLINE = load_settings("offline", environ={})
+needs_dialogsum = pytest.mark.skipif(
+    not OFFLINE.path(OFFLINE.data_dir).is_dir(), reason=f"needs DialogSum in {OFFLINE.path(OFFLINE.data_dir)}"
+)
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Every file under `folder` (git's objects aside) with a hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(folder).parts[:1] and ".venv" not in p.parts
+    }
+
+
+def refused(code, capsys, *words) -> str:
+    """The command exited 2 with one message (no traceback) that holds `words`; returns it."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+@pytest.fixture
+def finished_run(tmp_path, monkeypatch):
+    """A finished offline instructor run in `LAB_WORK_DIR` (the committed release, laid out as the run it was)."""
+    work = tmp_path / "work"
+    run = work / "offline" / "instructor-run"
+    run.mkdir(parents=True)
+    for name in PUBLISHED:
+        source = RELEASE_DIR / name
+        shutil.copytree(source, run / name) if source.is_dir() else shutil.copy2(source, run / name)
+    (run / "stages").mkdir()
+    for stage, identity in json.loads((RELEASE_DIR / "MANIFEST.json").read_text())["stages"].items():
+        (run / "stages" / f"{stage}.json").write_text(json.dumps(identity))
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.setenv("LAB_WORK_DIR", str(work))
+    monkeypatch.chdir(tmp_path)
+    return run
+
+
+# --- 1. release never deletes or overwrites what the lab did not create ------------------------------------------
+
+
+def test_release_to_the_folder_of_a_checkout_changes_nothing(finished_run, tmp_path, capsys, monkeypatch):
+    clone = tmp_path / "clone"  # what `release --to .` met: a checkout, with an uncommitted file
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (clone / "my-notes.txt").write_text("uncommitted work\n")
+    monkeypatch.chdir(clone)
+    before, project = snapshot(clone), snapshot(PROJECT_ROOT)
+    refused(main(["release", "--to", "."]), capsys, str(clone), "did not write")
+    assert snapshot(clone) == before
+    assert snapshot(PROJECT_ROOT) == project  # nor the lab's own checkout (where '.' resolved before)
+
+
+def test_release_into_the_project_itself_is_refused(finished_run, capsys):
+    before = snapshot(PROJECT_ROOT)
+    refused(main(["release", "--to", str(PROJECT_ROOT)]), capsys, "lab's own")
+    refused(main(["release", "--to", str(PROJECT_ROOT / "lab_utils")]), capsys, "lab's own lab_utils")
+    assert snapshot(PROJECT_ROOT) == before
+
+
+def test_release_into_a_folder_with_a_user_s_file_keeps_it(finished_run, tmp_path, capsys):
+    dest = tmp_path / "shelf"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine\n")
+    refused(main(["release", "--to", str(dest)]), capsys, "notes.txt")
+    assert snapshot(dest) == {"notes.txt": hashlib.sha256(b"mine\n").hexdigest()}
+
+
+def test_replacing_the_committed_release_needs_its_flag(finished_run, capsys):
+    before = snapshot(RELEASE_DIR)
+    with pytest.raises(SystemExit) as exit_:
+        main(["release"])  # neither --to nor --replace-committed: argparse's one message
+    assert exit_.value.code == 2
+    assert "--replace-committed" in capsys.readouterr().err
+    assert snapshot(RELEASE_DIR) == before
+
+
+@needs_dialogsum
+def test_a_relative_release_folder_is_the_user_s_and_a_release_may_replace_its_own(finished_run, tmp_path, capsys):
+    assert main(["release", "--to", "trial", "--made-by", "a test", "--build-seconds", "7"]) == 0
+    manifest = json.loads((tmp_path / "trial" / "MANIFEST.json").read_text())  # under the folder the user stands in
+    assert manifest["training_seconds"]["flan-t5-tiny"] == 7.0
+    assert main(["release", "--to", "trial", "--made-by", "again"]) == 0  # its own earlier release: replaced
+    assert json.loads((tmp_path / "trial" / "MANIFEST.json").read_text())["command"] == "again"
+    (tmp_path / "trial" / "notes.txt").write_text("mine\n")  # now it holds a user's file: refused
+    refused(main(["release", "--to", "trial"]), capsys, "notes.txt")
+    assert (tmp_path / "trial" / "notes.txt").read_text() == "mine\n"
+
+
+# --- 2. release publishes only what passes the checks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda run: (run / FULL_CHECKPOINT / "model.safetensors").unlink(), ["model.safetensors"]),
+        (
+            lambda run: (run / PEFT_CHECKPOINT / "adapter_model.safetensors").write_bytes(b"garbage" * 100),
+            ["adapter_model.safetensors", "damaged"],
+        ),
+        (lambda run: (run / RESULTS_FILE).write_text("id,summary\n"), ["lacks column"]),
+    ],
+    ids=["checkpoint-weights-deleted", "adapter-weights-garbage", "results-file-damaged"],
+)
+def test_a_damaged_run_is_not_released(finished_run, tmp_path, capsys, damage, words):
+    damage(finished_run)
+    refused(main(["release", "--to", "trial"]), capsys, *words)
+    assert not (tmp_path / "trial").exists()
+
+
+@needs_dialogsum
+def test_adapters_are_released_only_with_the_base_they_were_trained_on(
+    finished_run, standin_dir, tmp_path, capsys, monkeypatch
+):
+    assert main(["release", "--to", "trial"]) == 0, capsys.readouterr().err  # its base: the committed stand-in
+    shutil.rmtree(tmp_path / "trial")
+    monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))  # another model: its adapters do not belong to it
+    refused(main(["release", "--to", "trial"]), capsys, "fingerprint", "LAB_MODEL_ID")
+    assert not (tmp_path / "trial").exists()
+
+
+@needs_dialogsum
+def test_a_results_file_that_fails_the_story_checks_is_not_released(finished_run, tmp_path, capsys):
+    import pandas as pd
+
+    frame = pd.read_csv(finished_run / RESULTS_FILE, dtype=str, keep_default_na=False)
+    for column in ("instruct_model_summaries", "peft_model_summaries"):  # models that ignore their input
+        frame[column] = "#Person1# and #Person2# are talking about the new job."
+    frame.to_csv(finished_run / RESULTS_FILE, index=False)
+    refused(main(["release", "--to", "trial"]), capsys, "story checks", "distinct summaries: 1 of 500")
+    assert not (tmp_path / "trial").exists()
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
+def test_the_manifest_s_numbers_are_finite_and_not_negative(finished_run, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["release", "--to", "trial", "--build-seconds", value])
+    assert exit_.value.code == 2 and "--build-seconds" in capsys.readouterr().err
+    assert not (tmp_path / "trial").exists()
+
+
+def test_a_run_with_a_non_finite_training_time_is_not_released(finished_run, tmp_path, capsys):
+    facts = finished_run / FULL_CHECKPOINT / "train_facts.json"
+    facts.write_text(json.dumps({**json.loads(facts.read_text()), "seconds": -3}))
+    refused(main(["release", "--to", "trial"]), capsys, "-3", "seconds")
+    assert not (tmp_path / "trial").exists()
+
+
+# --- 3. run and bench check their outputs before the work -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        str(NOTEBOOK),
+        "lab2_fine_tune_peft.ipynb",
+        str(PROJECT_ROOT / "lab_utils" / "x.ipynb"),
+        str(PROJECT_ROOT / "tests"),
+    ],
+)
+def test_run_never_writes_over_the_lab_s_own_files(output, capsys, monkeypatch):
+    monkeypatch.chdir(PROJECT_ROOT)
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    before = snapshot(PROJECT_ROOT)
+    refused(main(["run", "--output", output]), capsys, "--output")
+    assert snapshot(PROJECT_ROOT) == before
+
+
+def test_run_keeps_a_user_s_file_and_a_missing_folder_is_reported_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    (tmp_path / "mine.ipynb").write_text("{}")
+    refused(main(["run", "--output", str(tmp_path / "mine.ipynb")]), capsys, "not written by this lab")
+    assert (tmp_path / "mine.ipynb").read_text() == "{}"
+    refused(main(["run", "--output", str(tmp_path / "no" / "such" / "x.ipynb")]), capsys, "does not exist")
+
+
+def test_run_refuses_an_unknown_parameter_before_any_cell_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    refused(main(["run", "-p", "NOT_A_PARAM", "3", "--output", str(tmp_path / "x.ipynb")]), capsys, "NOT_A_PARAM")
+    assert not (tmp_path / "x.ipynb").exists()  # nothing executed
+
+
+@pytest.mark.slow
+def test_run_shows_the_failing_cell_and_its_lab_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    err = refused(main(["run", "-p", "FULL_STEPS", "-1", "--output", str(tmp_path / "x.ipynb")]), capsys)
+    assert "cell 'settings'" in err and "`LAB_NOTEBOOK_FULL_STEPS`=-1 must be a whole number of at least 1" in err
+
+
+def test_bench_checks_its_report_path_before_measuring(tmp_path, capsys):
+    import time
+
+    t0 = time.perf_counter()
+    code = main(["bench", "--smoke", "--only", "a", "--json", str(tmp_path / "missing" / "report.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err, err
+    assert time.perf_counter() - t0 < 5  # nothing was measured
+
+
+# --- 4. summarize never destroys its input, checks its output first, and reads input as people write it -------------
+
+
+@pytest.fixture
+def dialogues_csv(tmp_path, monkeypatch):
+    """A user's CSV with more columns than the dialogues (what `--output same.csv same.csv` destroyed)."""
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "calls.csv"
+    path.write_text('id,dialogue,owner\n1,"#Person1#: Hi.\n#Person2#: Hello.",ann\n2,"#Person1#: Bye.",bob\n')
+    return path
+
+
+def test_summarize_never_overwrites_its_input(dialogues_csv, capsys):
+    before = dialogues_csv.read_bytes()
+    refused(main(["summarize", "--output", "calls.csv", "calls.csv"]), capsys, "is also the input")
+    refused(main(["summarize", "--output", str(dialogues_csv), "./calls.csv"]), capsys, "is also the input")
+    assert dialogues_csv.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("output", "words"),
+    [
+        ("no/such/folder/out.csv", ["does not exist"]),
+        (".", ["is a folder"]),
+        ("mine.csv", ["not written by this lab"]),
+        (str(PROJECT_ROOT / "lab_utils" / "out.csv"), ["lab's own lab_utils"]),
+    ],
+    ids=["missing-folder", "a-folder", "a-user-s-file", "the-lab-s-source"],
+)
+def test_summarize_checks_its_output_before_loading_a_model(dialogues_csv, tmp_path, capsys, output, words):
+    (tmp_path / "mine.csv").write_text("keep me\n")
+    # a model that cannot load: the output's problem is what is reported, so it was checked first
+    code = main(["summarize", "--merged", str(tmp_path / "no-model"), "--output", output, "calls.csv"])
+    refused(code, capsys, "--output", *words)
+    assert (tmp_path / "mine.csv").read_text() == "keep me\n"
+
+
+def test_summarize_replaces_only_its_own_earlier_output(tmp_path):
+    from lab_utils.backstage.summarize_cli import is_summaries_csv
+
+    (tmp_path / "earlier.csv").write_text("dialogue,summary\r\nhi,a greeting\r\n")
+    (tmp_path / "theirs.csv").write_text("dialogue,summary,notes\n")
+    assert is_summaries_csv(tmp_path / "earlier.csv") and not is_summaries_csv(tmp_path / "theirs.csv")
+
+
+TWO = ["#Person1#: Hello, how are you?\n#Person2#: Fine, thanks.", "#Person1#: Where is the station?"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "extra"),
+    [
+        (
+            "excel.csv",
+            b'\xef\xbb\xbfid,dialogue\r\n1,"'
+            + TWO[0].replace("\n", "\r\n").encode()
+            + b'"\r\n2,'
+            + TWO[1].encode()
+            + b"\r\n",
+            {},
+        ),
+        ("europe.csv", ('id;dialogue\n1;"' + TWO[0] + '"\n2;"' + TWO[1] + '"\n').encode(), {}),
+        ("tabs.tsv", ('dialogue\tid\n"' + TWO[0] + '"\t1\n' + TWO[1] + "\t2\n").encode(), {}),
+        ("UPPER.CSV", (' Dialogue ,id\n"' + TWO[0] + '",1\n"' + TWO[1] + '",2\n').encode(), {}),
+        ("windows.txt", ("\r\n\r\n".join(TWO).replace("?\n", "?\r\n") + "\r\n").encode(), {}),
+        ("old-mac.txt", "\r\r".join(TWO).replace("?\n", "?\r").encode(), {}),
+        ("notepad.txt", "\n\n".join(TWO).encode("utf-16"), {}),
+        ("spaces.txt", ("\n  \t\n".join(TWO) + "\n\n\n").encode(), {}),
+        ("western.txt", "\n\n".join(TWO).replace("station", "café").encode("cp1252"), {"encoding": "cp1252"}),
+    ],
+)
+def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
+    from lab_utils.backstage.summarize_cli import read_dialogues
+
+    (tmp_path / name).write_bytes(data)
+    want = [TWO[0], TWO[1].replace("station", "café")] if "encoding" in extra else TWO
+    assert read_dialogues(str(tmp_path / name), **extra) == want
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("latin.txt", "caf\xe9".encode("latin-1"), ["not utf-8 text", "--encoding cp1252"]),
+        ("book.csv", b"PK\x03\x04rest-of-a-zip", ["zip archive", "CSV UTF-8"]),
+        ("quote.csv", b'dialogue\n"never closed\n', ["cannot be read as CSV"]),
+        ("two.csv", b"Dialogue,DIALOGUE\nhi,ho\n", ["more than one column 'dialogue'"]),
+        ("short.csv", b"id,dialogue\n1\n", ["line 2 has no 'dialogue' field"]),
+        ("empty.csv", b"", ["is empty"]),
+    ],
+)
+def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, data, words):
+    from lab_utils.backstage.summarize_cli import read_dialogues
+    from lab_utils.errors import LabError
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(LabError) as error:
+        read_dialogues(str(tmp_path / name))
+    for word in words:
+        assert word.lower() in str(error.value).lower()
+
+
+def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
+    import io
+
+    from lab_utils.backstage.summarize_cli import read_dialogues
+    from lab_utils.errors import LabError
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n\n".join(TWO).encode("utf-16"))))
+    assert read_dialogues("-") == TWO  # a byte-order mark, read from the bytes, not through a UTF-8 text layer
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
+    with pytest.raises(LabError, match="standard input is not utf-8 text"):
+        read_dialogues("-")
+    closed = io.StringIO("x")
+    closed.close()
+    for stdin in (None, closed):
+        monkeypatch.setattr("sys.stdin", stdin)
+        with pytest.raises(LabError, match="standard input is closed"):
+            read_dialogues("-")
+
+
+def test_summarize_on_a_folder_says_so(tmp_path):
+    from lab_utils.backstage.summarize_cli import read_dialogues
+    from lab_utils.errors import LabError
+
+    with pytest.raises(LabError, match="is a folder"):
+        read_dialogues(str(tmp_path))
+
+
+# --- 5. bounds the libraries need, checked when the settings load ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LAB_SEED", str(2**32)),
+        ("LAB_SEED", "-1"),
+        ("LAB_MAX_SOURCE_LENGTH", "100000"),
+        ("LAB_MAX_TARGET_LENGTH", "5000"),
+        ("LAB_MAX_NEW_TOKENS", "100000"),
+    ],
+)
+def test_values_the_libraries_refuse_later_are_refused_at_load(variable, value, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.setenv(variable, value)
+    refused(main(["settings"]), capsys, variable)
+
+
+def test_settings_replace_checks_types_like_load():
+    from lab_utils.errors import LabError
+
+    for change in ({"seed": "1"}, {"train_batch_size": 2.5}, {"gradient_checkpointing": 1}, {"nope": 1}):
+        with pytest.raises(LabError):
+            OFFLINE.replace(**change)
+    assert OFFLINE.replace(full_lr=1).full_lr == 1.0  # a whole number is a fine learning rate
+
+
+def test_empty_summaries_in_training_data_are_refused(tmp_path):
+    import pandas as pd
+    from conftest import write_dialogsum
+
+    from lab_utils.data import load_dialogsum_csv
+    from lab_utils.errors import LabError
+
+    folder = write_dialogsum(tmp_path / "d")
+    train = pd.read_csv(folder / "train.csv")
+    train.loc[3, "summary"] = "   "  # whitespace only: nothing to learn
+    train.to_csv(folder / "train.csv", index=False)
+    with pytest.raises(LabError, match=r"1 empty summary\(s\) \(CSV line 5\)"):
+        load_dialogsum_csv(folder)
+
+
+def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
+    from lab_utils.errors import LabError
+    from lab_utils.evaluation import summarize
+
+    with pytest.raises(LabError, match="batch_size=True"):
+        summarize(tiny_model, tokenizer, ["#Person1#: Hi."], OFFLINE, batch_size=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("scores", "words"),
+    [
+        ({}, "no scores"),
+        ({"original": {"rouge1": 0.2}}, "lack rouge2"),
+        ({"original": 0.2}, "not a dict"),
+        ({"original": {"rouge1": [], "rouge2": [], "rougeL": [], "rougeLsum": []}}, "empty"),
+    ],
+)
+def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
+    from lab_utils.errors import LabError
+    from lab_utils.evaluation import improvement, rouge_table
+
+    with pytest.raises(LabError, match=words):
+        rouge_table(scores)
+    if scores:
+        with pytest.raises(LabError, match=words):
+            improvement(next(iter(scores.values())), {"rouge1": 0, "rouge2": 0, "rougeL": 0, "rougeLsum": 0})
