@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import errno
+import ast
+import json
 import math
 import os
 import sys
 from pathlib import Path
 
-from .config import PROJECT_ROOT
-from .errors import LabError
+from .backstage.bench import main as bench_main  # the benchmark has its own options
+from .backstage.summarize_cli import summarize_command
+from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
+from .errors import LabError, disk_error
+from .outputs import check_output_dir, check_output_file
 
 NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
@@ -18,7 +22,6 @@ EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
 
 def is_executed_notebook(path: Path) -> bool:
     """True for a notebook `run` wrote earlier (papermill records itself in its metadata): one it may replace."""
-    import json
 
     try:
         return "papermill" in json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
@@ -50,7 +53,6 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     A parameter the notebook's parameters cell does not have is refused before anything runs; when a cell fails,
     the terminal gets the cell's id and its error (a `LabError`'s message as it is, exit 2), not papermill's trace.
     """
-    import ast
 
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -76,7 +78,7 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
             parameters=values,
             cwd=str(PROJECT_ROOT),
             kernel_name="python3",
-            progress_bar=True,
+            progress_bar=sys.stderr.isatty(),  # a log gets the error, not a bar redrawn in place
             log_output=False,
         )
     except PapermillExecutionError as exc:
@@ -99,16 +101,6 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} seconds: give a finite number of at least 0, e.g. 744")
     return value
-
-
-# a disk that refuses what the lab writes: one message naming the file and the fix, not a traceback
-DISK_ERRORS = {
-    errno.ENOSPC: "free some space on that disk (old runs under data/ can go)",
-    errno.EDQUOT: "free some space: the disk quota is used up",
-    errno.EACCES: "make that folder writable for you",
-    errno.EPERM: "make that folder writable for you",
-    errno.EROFS: "that disk is read-only",
-}
 
 
 def steps(text: str) -> int:
@@ -184,8 +176,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "bench" in argv and all(a.startswith("-") or a in ("course", "offline") for a in argv[: argv.index("bench")]):
-        from .backstage.bench import main as bench_main  # the benchmark has its own options
-
         before, after = argv[: argv.index("bench")], argv[argv.index("bench") + 1 :]
         if before:
             parser().parse_args([*before, "settings"])  # --profile, checked as usual
@@ -194,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.profile:
         os.environ["LAB_PROFILE"] = args.profile  # also reaches the notebook's kernel
-    from .config import load_settings, settings_table, show_banner
 
     try:
         overrides = {
@@ -208,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         settings = load_settings(None, **overrides)  # checked here, before any work
         if args.command == "run":
-            from .outputs import check_output_file
-
             output = check_output_file(
                 args.output, [NOTEBOOK], is_executed_notebook, "the executed notebook (--output)"
             )
@@ -223,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError("build-model is for the offline profile", "run with --profile offline")
             print(build_standin(settings, args.out))
         elif args.command == "instructor":
-            from .backstage.instructor import publish_run
+            from .backstage.instructor import run_instructor
 
             show_banner(settings)
-            publish_run(
+            run_instructor(
                 settings,
                 upload=not args.no_upload,
                 fast_inference=args.fast_inference,
@@ -234,8 +221,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "release":
             from .backstage.release import make_release, not_in_release, verify_release
-            from .config import RELEASE_DIR
-            from .outputs import check_output_dir
 
             if not settings.offline:
                 raise LabError("release is for the offline profile", "run with --profile offline")
@@ -244,18 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":
-            from .backstage.summarize_cli import summarize_command
-
             summarize_command(settings, args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
+        error = disk_error(exc, exc.filename or "the work folder", "or point `LAB_WORK_DIR` at another folder")
+        if error is None:
             raise
-        where = exc.filename or "the work folder"
-        print(f"error: cannot write {where}: {exc.strerror}", file=sys.stderr)
-        print(f"  -> {DISK_ERRORS[exc.errno]}, or point `LAB_WORK_DIR` at another folder", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,7 @@
 """What the notebook pulls from `LAB_S3_URI`: the instructor's checkpoints and results files, checked after the pull.
 
 The transfers themselves (resume after an interruption, size and MD5 checks, retries, clear errors for credentials
-and endpoints) are in `backstage/transfers.py`; boto3's transfer manager moves the bytes.
+and endpoints) are in `s3.py`; boto3's transfer manager moves the bytes.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backstage.transfers import NotFoundOnS3, format_size, pull_checkpoint
 from .config import Settings
 from .errors import LabError
+from .s3 import NotFoundOnS3, format_size, pull
 
 __all__ = [
     "format_size",
-    "pull_checkpoint",
+    "pull",
     "size_on_disk",
     "pull_full_checkpoint",
     "pull_adapter",
@@ -48,7 +48,7 @@ def pull_full_checkpoint(settings: Settings) -> Path:
     """Pull the instructor's fully fine-tuned checkpoint and check that it will load (config, whole weights)."""
     from .models import check_model_dir
 
-    folder = pull_checkpoint(
+    folder = pull(
         settings.s3(FULL_CHECKPOINT + "/"), pulled_path(settings, FULL_CHECKPOINT), anonymous=settings.s3_anonymous
     )
     return check_model_dir(folder, fix=f"the published {FULL_CHECKPOINT} is incomplete: publish it again")
@@ -62,7 +62,7 @@ def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT, missing_ok: bo
     from .models import check_adapter_dir, shape_model
 
     try:
-        folder = pull_checkpoint(settings.s3(name + "/"), pulled_path(settings, name), anonymous=settings.s3_anonymous)
+        folder = pull(settings.s3(name + "/"), pulled_path(settings, name), anonymous=settings.s3_anonymous)
     except NotFoundOnS3:
         if not missing_ok:
             raise
@@ -77,14 +77,16 @@ def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT, missing_ok: bo
     return folder
 
 
-def find_topic_results(settings: Settings) -> Path | None:
-    """The topic adapter's results file published beside the checkpoints, or None (with a note) where there is none."""
+def find_topic_results_file(settings: Settings, missing_ok: bool = False) -> Path | None:
+    """The topic adapter's results file published beside the checkpoints; with `missing_ok`, None (and a note) where
+    none was published, instead of an error."""
+    uri = settings.s3(TOPIC_RESULTS_FILE)
     try:
-        return pull_checkpoint(
-            settings.s3(TOPIC_RESULTS_FILE), pulled_path(settings, TOPIC_RESULTS_FILE), anonymous=settings.s3_anonymous
-        )
+        return pull(uri, pulled_path(settings, TOPIC_RESULTS_FILE), anonymous=settings.s3_anonymous)
     except NotFoundOnS3:
-        print(f"{settings.s3(TOPIC_RESULTS_FILE)} is not published: no topic scores over the test set.")
+        if not missing_ok:
+            raise
+        print(f"{uri} is not published: no topic scores over the test set.")
         return None
 
 
@@ -97,7 +99,7 @@ def find_results_file(settings: Settings) -> Path:
         return local
     uri = settings.s3(RESULTS_FILE)
     try:
-        path = pull_checkpoint(uri, pulled_path(settings, RESULTS_FILE), anonymous=settings.s3_anonymous)
+        path = pull(uri, pulled_path(settings, RESULTS_FILE), anonymous=settings.s3_anonymous)
     except NotFoundOnS3:
         places = f"{local} (the course's lab folder) nor at {uri}" if not settings.offline else uri
         raise LabError(

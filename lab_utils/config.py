@@ -347,14 +347,3 @@ def show_banner(settings: Settings) -> None:
     if not on_sagemaker():
         print("  Note: not running on SageMaker (the lab targets ml.m5.2xlarge: 8 vCPU, 32 GB); continuing.")
     print(line)
-
-
-def prepare_profile(settings: Settings) -> None:
-    """Offline profile: start the local S3 server and publish the project's trained release to it (seconds).
-
-    In the course profile the instructor published long ago (`LAB_S3_URI`); there is nothing to do.
-    """
-    if settings.offline:
-        from .backstage.release import publish_release
-
-        publish_release(settings)

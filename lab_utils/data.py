@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_dataset
 
 from .config import Settings
 from .errors import LabError
@@ -78,7 +78,6 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
     """DialogSum for this profile: local CSVs when `data_dir` is set, else the Hub dataset."""
     if settings.data_dir:
         return load_dialogsum_csv(settings.path(settings.data_dir))
-    from datasets import load_dataset
 
     try:
         return load_dataset(settings.dataset)

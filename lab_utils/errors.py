@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class LabError(RuntimeError):
     """A problem with configuration or input: the message says what is wrong and what to do."""
@@ -10,6 +12,23 @@ class LabError(RuntimeError):
         self.what = what
         self.fix = fix
         super().__init__(what if not fix else f"{what}\n  -> {fix}")
+
+
+# a disk that refuses what the lab writes: one message naming the file and the fix, not a traceback
+DISK_ERRORS = {
+    errno.ENOSPC: "free some space on that disk (old runs under data/ can go)",
+    errno.EDQUOT: "free some space: the disk quota is used up",
+    errno.EACCES: "make that folder writable for you",
+    errno.EPERM: "make that folder writable for you",
+    errno.EROFS: "that disk is read-only",
+}
+
+
+def disk_error(exc: BaseException, where: object, also: str = "") -> LabError | None:
+    """The `LabError` for an `OSError` from a disk that refuses a write (full, read-only, no permission), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRORS:
+        return None
+    return LabError(f"cannot write {where}: {exc.strerror}", DISK_ERRORS[exc.errno] + (f", {also}" if also else ""))
 
 
 def install_notebook_handler() -> None:

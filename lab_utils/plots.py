@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .evaluation import ROUGE_KEYS
+from .scoring import ROUGE_KEYS
 
 if TYPE_CHECKING:
     import pandas as pd

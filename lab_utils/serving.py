@@ -6,54 +6,54 @@ processes), and `topic_scores` says how well the second adapter names a dialogue
 
 from __future__ import annotations
 
-import copy
-import json
-import subprocess
-import sys
+import gc
+import math
 from pathlib import Path
 
-from .errors import LabError
+from .isolated import rss_mb, run_isolated
 
-_MEASURE = r"""
-import json, sys
-import torch
-from peft import PeftModel
-from transformers import AutoModelForSeq2SeqLM
-spec = json.loads(sys.argv[1])
-models = []
-if spec["kind"] == "adapters":
-    model = PeftModel.from_pretrained(
-        AutoModelForSeq2SeqLM.from_pretrained(spec["base"], dtype=torch.float32),
-        spec["adapters"][0], adapter_name="a0", is_trainable=False)
-    for i, adapter in enumerate(spec["adapters"][1:], 1):
-        model.load_adapter(adapter, adapter_name=f"a{i}", is_trainable=False)
-    models.append(model)
-elif spec["kind"] == "full":
-    models = [AutoModelForSeq2SeqLM.from_pretrained(f, dtype=torch.float32) for f in spec["full"]]
-# weights may still be memory-mapped from their file (shared between models loaded from the same file): give every
-# tensor its own memory, as two differently fine-tuned models would have
-for model in models:
-    for p in model.parameters():
-        p.data = p.data.clone()
-import gc; gc.collect()
-rss = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")][0]
-print(json.dumps({"rss_mb": rss / 1024}))
-"""
+
+def loaded_rss_mb(kind: str, base: str, adapters: list[str], full: list[str]) -> dict:
+    """Resident memory (MB) of this process once it holds `kind`: one base with the `adapters` ("adapters"), the
+    `full` models ("full"), or nothing but torch, transformers and peft imported ("nothing"). Run it in a fresh process
+    (`isolated.run_isolated`), where nothing else is loaded."""
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    models = []
+    if kind == "adapters":
+        model = AutoModelForSeq2SeqLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, adapters[0], adapter_name="a0", is_trainable=False)
+        for i, adapter in enumerate(adapters[1:], 1):
+            model.load_adapter(adapter, adapter_name=f"a{i}", is_trainable=False)
+        models.append(model)
+    elif kind == "full":
+        models = [AutoModelForSeq2SeqLM.from_pretrained(f, dtype=torch.float32) for f in full]
+    # weights may still be memory-mapped from their file (shared between models loaded from the same file): give every
+    # tensor its own memory, as two differently fine-tuned models would have
+    for model in models:
+        for param in model.parameters():
+            param.data = param.data.clone()
+    gc.collect()
+    return {"rss_mb": rss_mb()}
 
 
 def serving_memory(base: str, adapters: list[str], full: list[str]) -> dict[str, float]:
     """Resident memory (MB, once loaded) of a process serving one base + `adapters`, one serving the `full` models,
     and one that only imported torch, transformers and peft (the floor all share), each measured in a fresh process."""
-    result = {}
-    for kind in ("nothing", "adapters", "full"):
-        spec = json.dumps(
-            {"kind": kind, "base": str(base), "adapters": [str(a) for a in adapters], "full": [str(f) for f in full]}
-        )
-        proc = subprocess.run([sys.executable, "-c", _MEASURE, spec], capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise LabError(f"measuring the memory of {kind} failed: {proc.stderr[-500:]}", "see the error above")
-        result[kind] = json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"]
-    return result
+
+    paths = {"base": str(base), "adapters": [str(a) for a in adapters], "full": [str(f) for f in full]}
+    return {kind: run_isolated(loaded_rss_mb, kind=kind, **paths)["rss_mb"] for kind in ("nothing", "adapters", "full")}
+
+
+def adapter_parameters(folder: str | Path) -> int:
+    """How many parameters an adapter adds to its base: the elements of its weights file."""
+    from .models import ADAPTER_WEIGHTS, tensor_shapes, weights_file
+
+    path = weights_file(Path(folder), ADAPTER_WEIGHTS, "adapter folder", "pull or train the adapter again")
+    return sum(math.prod(shape) for shape in tensor_shapes(path, "adapter folder", "pull it again").values())
 
 
 def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_dir: Path):
@@ -69,15 +69,11 @@ def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_
 
     n = len(adapters)
     base_params = count_parameters(original_model)[1]
-    from peft import PeftModel
-
-    multi = PeftModel.from_pretrained(copy.deepcopy(original_model), next(iter(adapters.values())), is_trainable=False)
-    adapter_params = count_parameters(multi)[1] - base_params
     memory = serving_memory(base_id, list(adapters.values()), [full_dir] * n)
     floor = memory["nothing"]
     rows = {
         f"one base + {n} adapters": {
-            "parameters (millions)": (base_params + n * adapter_params) / 1e6,
+            "parameters (millions)": (base_params + sum(adapter_parameters(a) for a in adapters.values())) / 1e6,
             "MB on disk": (size_on_disk(full_dir) + sum(size_on_disk(a) for a in adapters.values())) / 1e6,
             "MB resident (above torch)": memory["adapters"] - floor,
         },
@@ -95,7 +91,7 @@ def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_
 def topic_scores(frame, rouge=None) -> dict[str, float]:
     """How well the topic adapter names each test dialogue's topic: exact match (ignoring case and spaces at the
     ends) and ROUGE-1 against the reference topic, both averaged over the test rows."""
-    from .evaluation import compute_rouge
+    from .scoring import compute_rouge
 
     human, predicted = frame["human_baseline_topics"].tolist(), frame["peft_model_topics"].tolist()
     exact = sum(h.strip().lower() == p.strip().lower() for h, p in zip(human, predicted)) / len(human)

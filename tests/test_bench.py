@@ -15,7 +15,7 @@ from lab_utils.backstage import bench
 from lab_utils.backstage.inference import BF16Autocast, cpu_supports_bf16, prepare_for_inference
 from lab_utils.config import PROJECT_ROOT
 from lab_utils.errors import LabError
-from lab_utils.evaluation import summarize
+from lab_utils.generation import summarize
 from lab_utils.models import fingerprint
 
 GEN = {"max_new_tokens": 4, "min_new_tokens": 4, "num_beams": 1, "do_sample": False}
@@ -33,6 +33,7 @@ def _positive_numbers(obj, where=""):
         assert obj > 0 and obj == obj and obj != float("inf"), f"{where} = {obj}"
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "lab_utils", "bench", "--smoke", "--threads", "1", "--data-dir", str(data_dir)]

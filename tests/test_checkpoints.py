@@ -15,10 +15,10 @@ from botocore.exceptions import ClientError
 
 from lab_utils.backstage.local_s3 import LocalS3
 from lab_utils.backstage.publish import _ensure_bucket, push_checkpoint
-from lab_utils.backstage.transfers import format_size, pull_checkpoint, s3_client
 from lab_utils.checkpoints import size_on_disk
 from lab_utils.config import parse_s3_uri
 from lab_utils.errors import LabError
+from lab_utils.s3 import format_size, pull, s3_client
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_folder_round_trip(tmp_path, bucket, capsys):
         "runs/ckpt/sub/tokenizer.json",
     ]
 
-    out = pull_checkpoint(f"s3://{bucket}/runs/ckpt/", tmp_path / "back")
+    out = pull(f"s3://{bucket}/runs/ckpt/", tmp_path / "back")
     assert out == tmp_path / "back"
     assert _files(out) == _files(ckpt)
     assert _no_part_files(tmp_path)
@@ -104,13 +104,13 @@ def test_single_file_round_trip(tmp_path, bucket):
     src.write_bytes(os.urandom(2048))
     assert push_checkpoint(src, f"s3://{bucket}/adapters/") == ["adapters/adapter.bin"]
 
-    dest = pull_checkpoint(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "out" / "a.bin")
+    dest = pull(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "out" / "a.bin")
     assert dest == tmp_path / "out" / "a.bin"
     assert dest.read_bytes() == src.read_bytes()
 
     # Into an existing folder: keeps the object's name.
     (tmp_path / "dir").mkdir()
-    dest2 = pull_checkpoint(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "dir")
+    dest2 = pull(f"s3://{bucket}/adapters/adapter.bin", tmp_path / "dir")
     assert dest2 == tmp_path / "dir" / "adapter.bin" and dest2.read_bytes() == src.read_bytes()
 
 
@@ -122,26 +122,26 @@ def test_multipart_round_trip_and_skip(tmp_path, bucket, capsys):
     etag = s3_client().head_object(Bucket=bucket, Key="big.bin")["ETag"]
     assert etag.strip('"').endswith("-2")
 
-    dest = pull_checkpoint(f"s3://{bucket}/big.bin", tmp_path / "big-copy.bin")
+    dest = pull(f"s3://{bucket}/big.bin", tmp_path / "big-copy.bin")
     assert dest.read_bytes() == src.read_bytes()
     capsys.readouterr()
-    pull_checkpoint(f"s3://{bucket}/big.bin", dest)
+    pull(f"s3://{bucket}/big.bin", dest)
     assert "skipped" in capsys.readouterr().out
     # Same size, different bytes: the multipart ETag catches it.
     with open(dest, "r+b") as f:
         f.write(b"\0" * 16)
-    pull_checkpoint(f"s3://{bucket}/big.bin", dest)
+    pull(f"s3://{bucket}/big.bin", dest)
     assert dest.read_bytes() == src.read_bytes()
 
 
 def test_second_pull_skips(tmp_path, bucket, capsys):
     ckpt = _make_folder(tmp_path)
     push_checkpoint(ckpt, f"s3://{bucket}/c/")
-    out = pull_checkpoint(f"s3://{bucket}/c/", tmp_path / "back")
+    out = pull(f"s3://{bucket}/c/", tmp_path / "back")
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     time.sleep(0.01)
-    pull_checkpoint(f"s3://{bucket}/c/", out)
+    pull(f"s3://{bucket}/c/", out)
     assert "3 of 3 file(s) skipped (already up to date)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
 
@@ -153,7 +153,7 @@ def test_corrupted_local_file_is_downloaded_again(tmp_path, bucket, capsys):
     dest = tmp_path / "copy.bin"
     dest.write_bytes(os.urandom(4096))  # same size, different bytes
     capsys.readouterr()
-    pull_checkpoint(f"s3://{bucket}/model.bin", dest)
+    pull(f"s3://{bucket}/model.bin", dest)
     assert "skipped" not in capsys.readouterr().out
     assert dest.read_bytes() == src.read_bytes()
 
@@ -165,7 +165,7 @@ def test_missing_key_names_uri(tmp_path, bucket):
     push_checkpoint(_make_folder(tmp_path), f"s3://{bucket}/ckpt/")
     uri = f"s3://{bucket}/ckpt/nope.bin"
     with pytest.raises(LabError) as e:
-        pull_checkpoint(uri, tmp_path / "x.bin")
+        pull(uri, tmp_path / "x.bin")
     assert uri in str(e.value) and "not found" in str(e.value)
     assert not (tmp_path / "x.bin").exists() and _no_part_files(tmp_path)
 
@@ -174,7 +174,7 @@ def test_missing_prefix_names_uri(tmp_path, bucket):
     push_checkpoint(_make_folder(tmp_path), f"s3://{bucket}/ckpt/")
     uri = f"s3://{bucket}/other/"
     with pytest.raises(LabError, match=uri):
-        pull_checkpoint(uri, tmp_path / "x")
+        pull(uri, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -182,7 +182,7 @@ def test_missing_prefix_names_uri(tmp_path, bucket):
 def test_missing_bucket(tmp_path, local_s3, key):
     uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/{key}"
     with pytest.raises(LabError, match="does not exist") as e:
-        pull_checkpoint(uri, tmp_path / "x")
+        pull(uri, tmp_path / "x")
     assert uri in str(e.value)
 
 
@@ -194,7 +194,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path, local_s3, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     t0 = time.monotonic()
     with pytest.raises(LabError) as e:
-        pull_checkpoint("s3://some-bucket/model.bin", tmp_path / "m.bin")
+        pull("s3://some-bucket/model.bin", tmp_path / "m.bin")
     assert time.monotonic() - t0 < 20
     msg = str(e.value)
     assert "AWS_ENDPOINT_URL_S3" in msg and endpoint in msg
@@ -221,7 +221,7 @@ def test_corrupted_download_is_discarded(tmp_path, bucket, monkeypatch):
 
     monkeypatch.setattr(client, "head_object", lying_head)
     with pytest.raises(LabError, match="corrupted"):
-        pull_checkpoint(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
+        pull(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
     assert not (tmp_path / "out" / "m.bin").exists() and _no_part_files(tmp_path)
 
 
@@ -236,8 +236,8 @@ def test_disk_full_is_reported(tmp_path, bucket, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(client, "download_fileobj", full_disk)
-    with pytest.raises(LabError, match="disk is full"):
-        pull_checkpoint(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
+    with pytest.raises(LabError, match="No space left on device"):
+        pull(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin", client=client)
     assert _no_part_files(tmp_path)
 
 
@@ -245,7 +245,7 @@ def test_no_credentials(tmp_path, local_s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(LabError, match="credentials") as e:
-        pull_checkpoint("s3://some-bucket/model.bin", tmp_path / "m.bin")
+        pull("s3://some-bucket/model.bin", tmp_path / "m.bin")
     assert "LAB_S3_ANONYMOUS=true" in str(e.value) and "AWS_PROFILE" in str(e.value) and "SageMaker" in str(e.value)
 
 
@@ -260,7 +260,7 @@ def test_access_denied(tmp_path, local_s3, monkeypatch):
 
     monkeypatch.setattr(client, "head_object", denied)
     with pytest.raises(LabError, match="denied") as e:
-        pull_checkpoint("s3://some-bucket/model.bin", tmp_path / "m.bin", client=client)
+        pull("s3://some-bucket/model.bin", tmp_path / "m.bin", client=client)
     assert "s3://some-bucket/model.bin" in str(e.value)
 
 
@@ -286,11 +286,11 @@ def test_anonymous_client_reads_public_bucket(tmp_path, bucket):
     push_checkpoint(src, f"s3://{bucket}/p.bin")
     # moto, like S3, refuses unsigned requests to a private object ...
     with pytest.raises(LabError, match="denied"):
-        pull_checkpoint(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True)
+        pull(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True)
     assert _no_part_files(tmp_path)
     # ... and serves them once the object is public.
     s3_client().put_object_acl(Bucket=bucket, Key="p.bin", ACL="public-read")
-    dest = pull_checkpoint(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True)
+    dest = pull(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True)
     assert dest.read_bytes() == b"public"
 
 

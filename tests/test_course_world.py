@@ -13,7 +13,8 @@ from notebook import code_cells, output_text
 from lab_utils.checkpoints import RESULTS_FILE, find_results_file
 from lab_utils.config import PROJECT_ROOT, RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
-from lab_utils.evaluation import ROUGE_KEYS, read_results_file, score_results_file
+from lab_utils.results_file import read_results_file
+from lab_utils.scoring import ROUGE_KEYS, score_results_file
 
 DIALOGSUM = load_settings("offline", environ={}).path("../shared/dialogsum")
 
@@ -50,6 +51,7 @@ def course_environment(monkeypatch, work) -> None:
         monkeypatch.setenv(name, "1")  # no Hub: anything that tried would fail at once
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DIALOGSUM.is_dir(), reason=f"needs DialogSum in {DIALOGSUM}")
 def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_artifacts, monkeypatch, tmp_path):
     import papermill
@@ -112,7 +114,7 @@ def test_neither_place_names_both(tmp_path, local_s3):
 def test_credential_problems_on_the_course_bucket_say_what_to_try(problem, tmp_path, monkeypatch):
     from botocore.exceptions import ClientError, NoCredentialsError
 
-    from lab_utils.backstage import transfers
+    from lab_utils import s3 as transfers
 
     def refuse(*args, **kwargs):
         if problem == "no credentials":

@@ -13,7 +13,7 @@ import pytest
 from lab_utils.backstage.instructor import run_dir
 from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
 from lab_utils.config import load_settings
-from lab_utils.evaluation import summarize
+from lab_utils.generation import summarize
 from lab_utils.models import count_parameters
 
 

@@ -10,15 +10,9 @@ from conftest import SETTINGS
 from rouge_score import rouge_scorer
 
 from lab_utils.errors import LabError
-from lab_utils.evaluation import (
-    RESULTS_COLUMNS,
-    compute_rouge,
-    improvement,
-    read_results_file,
-    score_results_file,
-    summarize,
-    write_results_file,
-)
+from lab_utils.generation import summarize
+from lab_utils.results_file import RESULTS_COLUMNS, read_results_file, write_results_file
+from lab_utils.scoring import compute_rouge, improvement, score_results_file
 
 GEN = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
 
@@ -38,7 +32,7 @@ def test_batched_deduplicated_generation_equals_one_at_a_time(tiny_model, tokeni
 
 
 def test_encoder_chunks_pad_little_and_cover_the_batch():
-    from lab_utils.evaluation import ENCODE_MAX_CHUNK, ENCODE_MAX_PADDING, encoder_chunks
+    from lab_utils.generation import ENCODE_MAX_CHUNK, ENCODE_MAX_PADDING, encoder_chunks
 
     # the first 16 test dialogues' prompt lengths (stand-in tokenizer), sorted as summarize sorts them
     lengths = [489, 428, 328, 245, 238, 237, 235, 211, 196, 194, 193, 188, 188, 187, 180, 125]
@@ -58,7 +52,7 @@ def test_encoder_chunks_pad_little_and_cover_the_batch():
 @pytest.mark.parametrize("wrap", ["plain", "lora", "bf16"])
 def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model, tokenizer, data_dir, monkeypatch):
     """Encoding a batch in chunks of similar length changes the work, not the summaries."""
-    from lab_utils import evaluation
+    from lab_utils import generation
     from lab_utils.data import load_dialogsum_csv
 
     model = tiny_model
@@ -83,11 +77,11 @@ def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model
     dialogues = ["\n".join(lines[i : i + 2 * i + 1]) for i in range(6)]  # 1 to 11 turns: very different lengths
     gen = dict(GEN, max_new_tokens=12, min_new_tokens=12)
     calls = []
-    real = evaluation.encoder_chunks
-    monkeypatch.setattr(evaluation, "encoder_chunks", lambda lengths: calls.append(lengths) or real(lengths))
+    real = generation.encoder_chunks
+    monkeypatch.setattr(generation, "encoder_chunks", lambda lengths: calls.append(lengths) or real(lengths))
     chunked = summarize(model, tokenizer, dialogues, SETTINGS, gen, batch_size=6, progress=False)
     assert len(calls) == 1 and len(real(calls[0])) > 1  # the batch was really encoded in several chunks
-    monkeypatch.setattr(evaluation, "_encoded_inputs", lambda model, tokenizer, enc: dict(enc))
+    monkeypatch.setattr(generation, "encoded_inputs", lambda model, tokenizer, enc: dict(enc))
     whole = summarize(model, tokenizer, dialogues, SETTINGS, gen, batch_size=6, progress=False)
     assert chunked == whole
 
@@ -161,7 +155,7 @@ def test_results_columns_of_different_lengths_are_refused(tmp_path):
 
 def test_local_rouge_metric_equals_rouge_score():
     """The offline profile's `evaluate.load(...)` target computes what rouge_score computes (per row and aggregated)."""
-    from lab_utils.evaluation import local_rouge
+    from lab_utils.scoring import local_rouge
 
     preds, refs = ["the cat sat down", "a dog ran in the park"], ["the cat sat up", "the dog ran"]
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
@@ -214,7 +208,7 @@ def test_results_file_in_the_course_s_format_is_read(tmp_path):
 
 
 def test_constant_baseline_is_the_best_single_sentence():
-    from lab_utils.evaluation import constant_baseline, constant_candidates
+    from lab_utils.scoring import constant_baseline, constant_candidates
 
     frame = _results_frame(n=9)
     frame["peft_model_summaries"] = "the cat sat"  # a model that ignores its input
@@ -239,6 +233,6 @@ def test_constant_baseline_is_the_best_single_sentence():
     ],
 )
 def test_looks_like_text(summary, text):
-    from lab_utils.evaluation import looks_like_text
+    from lab_utils.scoring import looks_like_text
 
     assert looks_like_text(summary) is text

@@ -102,6 +102,7 @@ def test_replacing_the_committed_release_needs_its_flag(finished_run, capsys):
     assert snapshot(RELEASE_DIR) == before
 
 
+@pytest.mark.slow
 @needs_dialogsum
 def test_a_relative_release_folder_is_the_user_s_and_a_release_may_replace_its_own(finished_run, tmp_path, capsys):
     assert main(["release", "--to", "trial", "--made-by", "a test", "--build-seconds", "7"]) == 0
@@ -135,6 +136,7 @@ def test_a_damaged_run_is_not_released(finished_run, tmp_path, capsys, damage, w
     assert not (tmp_path / "trial").exists()
 
 
+@pytest.mark.slow
 @needs_dialogsum
 def test_adapters_are_released_only_with_the_base_they_were_trained_on(
     finished_run, standin_dir, tmp_path, capsys, monkeypatch
@@ -146,6 +148,7 @@ def test_adapters_are_released_only_with_the_base_they_were_trained_on(
     assert not (tmp_path / "trial").exists()
 
 
+@pytest.mark.slow
 @needs_dialogsum
 def test_a_results_file_that_fails_the_story_checks_is_not_released(finished_run, tmp_path, capsys):
     import pandas as pd
@@ -334,7 +337,7 @@ def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n\n".join(TWO).encode("utf-16"))))
     assert read_dialogues("-") == TWO  # a byte-order mark, read from the bytes, not through a UTF-8 text layer
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
-    with pytest.raises(LabError, match="standard input is not utf-8 text"):
+    with pytest.raises(LabError, match="standard input is not UTF-8 text"):
         read_dialogues("-")
     closed = io.StringIO("x")
     closed.close()
@@ -397,7 +400,7 @@ def test_empty_summaries_in_training_data_are_refused(tmp_path):
 
 def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
     from lab_utils.errors import LabError
-    from lab_utils.evaluation import summarize
+    from lab_utils.generation import summarize
 
     with pytest.raises(LabError, match="batch_size=True"):
         summarize(tiny_model, tokenizer, ["#Person1#: Hi."], OFFLINE, batch_size=True, progress=False)
@@ -414,7 +417,7 @@ def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
 )
 def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
     from lab_utils.errors import LabError
-    from lab_utils.evaluation import improvement, rouge_table
+    from lab_utils.scoring import improvement, rouge_table
 
     with pytest.raises(LabError, match=words):
         rouge_table(scores)

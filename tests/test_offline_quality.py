@@ -12,7 +12,8 @@ import pytest
 
 from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
 from lab_utils.config import RELEASE_DIR, load_settings
-from lab_utils.evaluation import RESULTS_COLUMNS, looks_like_text, read_results_file, story_checks
+from lab_utils.results_file import RESULTS_COLUMNS, read_results_file
+from lab_utils.scoring import looks_like_text, story_checks
 
 SETTINGS = load_settings("offline", environ={})
 
@@ -67,12 +68,14 @@ def test_the_results_file_covers_the_test_split(results, dialogsum):
     assert results["human_baseline_summaries"].tolist() == dialogsum["test"]["summary"]
 
 
+@pytest.mark.slow
 def test_the_story_holds_on_the_full_test_set(results, dialogsum):
     checks = story_checks(results, dialogsum["train"]["summary"])
     print("\n".join(f"{'ok' if ok else 'NO'}  {name}: {measured}" for name, (ok, measured) in checks.items()))
     assert not {name: measured for name, (ok, measured) in checks.items() if not ok}
 
 
+@pytest.mark.slow
 def test_a_model_that_ignores_its_input_fails_the_checks(results, dialogsum):
     """The checks above catch the old collapse (one sentence for every dialogue) and punctuation runs."""
     constant = results.copy()
@@ -94,7 +97,8 @@ def test_the_committed_models_reproduce_the_committed_results(results, dialogsum
 
     from lab_utils.checkpoints import TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
     from lab_utils.data import build_topic_prompt, first_dialogue_rows
-    from lab_utils.evaluation import TOPIC_COLUMNS, summarize
+    from lab_utils.generation import summarize
+    from lab_utils.results_file import TOPIC_COLUMNS
 
     standin = RELEASE_DIR / "flan-t5-tiny"
     original = AutoModelForSeq2SeqLM.from_pretrained(standin, dtype=torch.float32)

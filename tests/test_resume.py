@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import SETTINGS, write_dialogsum
 
-from lab_utils.evaluation import summarize
+from lab_utils.backstage.generation_cache import GenerationCache
+from lab_utils.generation import summarize
 
 GEN = {"max_new_tokens": 6, "num_beams": 1, "do_sample": False}
 
@@ -45,11 +46,15 @@ def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir,
 
     tiny_model.generate = failing_generate
     with pytest.raises(Boom):
-        summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+        summarize(
+            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+        )
     assert len(cache.read_text().splitlines()) == 2  # two finished batches are on disk
 
     calls["n"] = -100  # no more failures; count the batches generated on resume
-    resumed = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+    resumed = summarize(
+        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+    )
     assert resumed == expected
     assert calls["n"] == -100 + 1  # 6 dialogues / 2 per batch = 3 batches, 2 were cached
 
@@ -57,11 +62,15 @@ def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir,
 def test_torn_last_line_and_foreign_cache_are_not_trusted(tiny_model, tokenizer, data_dir, tmp_path):
     dialogues = _dialogues(data_dir)
     cache = tmp_path / "gen.jsonl"
-    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+    expected = summarize(
+        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+    )
     lines = cache.read_text().splitlines(keepends=True)
     cache.write_text("".join(lines[:2]) + lines[2][:10])  # killed while writing the third batch
     assert (
-        summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+        summarize(
+            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+        )
         == expected
     )
     assert len(cache.read_text().splitlines()) == 3
@@ -75,7 +84,7 @@ def test_torn_last_line_and_foreign_cache_are_not_trusted(tiny_model, tokenizer,
         {**GEN, "max_new_tokens": 3},
         batch_size=2,
         progress=False,
-        cache=cache,
+        store=GenerationCache(cache),
     )
     assert other == summarize(
         tiny_model, tokenizer, dialogues, SETTINGS, {**GEN, "max_new_tokens": 3}, batch_size=2, progress=False
@@ -144,11 +153,15 @@ def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_p
 def test_a_damaged_cache_line_is_set_aside_and_generation_redone(tiny_model, tokenizer, data_dir, tmp_path):
     dialogues = _dialogues(data_dir)
     cache = tmp_path / "gen.jsonl"
-    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+    expected = summarize(
+        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+    )
     lines = cache.read_text().splitlines(keepends=True)
     cache.write_text(lines[0] + "this is not JSON\n" + lines[1])  # something else wrote into the cache
     with pytest.warns(UserWarning, match="had a damaged line; moved it to .*gen.jsonl.damaged"):
-        again = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=cache)
+        again = summarize(
+            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
+        )
     assert again == expected
     assert (tmp_path / "gen.jsonl.damaged").read_text().count("\n") == 3
     assert len(cache.read_text().splitlines()) == 3
@@ -161,10 +174,8 @@ def test_int8_generation_can_use_the_cache(tiny_model, tokenizer, data_dir, tmp_
     quantized = prepare_for_inference(tiny_model, "int8")
     assert fingerprint(quantized) != fingerprint(tiny_model)  # a different model: its own cache key
     dialogues = _dialogues(data_dir)
-    first = summarize(
-        quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl"
-    )
-    again = summarize(
-        quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, cache=tmp_path / "q.jsonl"
+    first, again = (
+        summarize(quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=cache)
+        for cache in (GenerationCache(tmp_path / "q.jsonl"), GenerationCache(tmp_path / "q.jsonl"))
     )
     assert first == again and len((tmp_path / "q.jsonl").read_text().splitlines()) == 3

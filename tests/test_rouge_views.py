@@ -9,8 +9,8 @@ import pytest
 from rouge_score import rouge_scorer
 
 from lab_utils.errors import LabError
-from lab_utils.evaluation import (
-    RESULTS_COLUMNS,
+from lab_utils.results_file import RESULTS_COLUMNS
+from lab_utils.scoring import (
     ROUGE_KEYS,
     ROUGE_VIEWS,
     ROUGE_VIEWS_EXPLAINED,

@@ -15,11 +15,11 @@ import boto3
 import pytest
 from faultproxy import FaultProxy
 
-from lab_utils.backstage import transfers
+from lab_utils import s3 as transfers
 from lab_utils.backstage.local_s3 import LocalS3
 from lab_utils.backstage.publish import push_checkpoint
-from lab_utils.backstage.transfers import pull_checkpoint, s3_client
 from lab_utils.errors import LabError
+from lab_utils.s3 import pull, s3_client
 
 MB = 1024 * 1024
 
@@ -90,7 +90,7 @@ def test_server_killed_mid_download_resumes_on_next_run(tmp_path, monkeypatch, c
             monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
 
             with pytest.raises(LabError) as e:
-                pull_checkpoint(uri, dest)
+                pull(uri, dest)
             msg = str(e.value)
             assert "interrupted" in msg and uri in msg and "again" in msg and "resume" in msg
             assert not server.running
@@ -103,7 +103,7 @@ def test_server_killed_mid_download_resumes_on_next_run(tmp_path, monkeypatch, c
             _put(server2.endpoint_url, bucket, "ckpt/model.bin", data)
             proxy.heal(upstream_port=server2.port)
             capsys.readouterr()
-            assert pull_checkpoint(uri, dest) == dest
+            assert pull(uri, dest) == dest
             assert "resuming" in capsys.readouterr().out
             assert dest.read_bytes() == data
             # Only the missing part came over the wire (plus HTTP headers and HEAD requests).
@@ -123,7 +123,7 @@ def test_truncated_body_is_never_renamed_and_next_run_succeeds(tmp_path, local_s
         proxy.per_conn = 200_000
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         with pytest.raises(LabError, match="interrupted") as e:
-            pull_checkpoint(uri, dest)
+            pull(uri, dest)
         assert uri in str(e.value) and "3 retries" in str(e.value)
         assert proxy.cuts >= 4  # the first try and 3 retries were all cut
         assert not dest.exists()
@@ -131,7 +131,7 @@ def test_truncated_body_is_never_renamed_and_next_run_succeeds(tmp_path, local_s
         assert len(kept) < len(data) and data.startswith(kept)
 
         proxy.heal()
-        pull_checkpoint(uri, dest)
+        pull(uri, dest)
         assert dest.read_bytes() == data
         assert proxy.bytes_down < len(data) - len(kept) + 64 * 1024
     assert _no_leftovers(tmp_path)
@@ -149,13 +149,13 @@ def test_changed_object_restarts_from_zero(tmp_path, local_s3, monkeypatch, caps
         proxy.budget = 700_000  # then every new connection is closed at once
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         with pytest.raises(LabError, match="interrupted"):
-            pull_checkpoint(uri, dest)
+            pull(uri, dest)
         assert not dest.exists() and old.startswith(_part(dest).read_bytes())
 
         _put(local_s3.endpoint_url, bucket, "m.bin", new)
         proxy.heal()
         capsys.readouterr()
-        pull_checkpoint(uri, dest)
+        pull(uri, dest)
         assert "resuming" not in capsys.readouterr().out
         assert dest.read_bytes() == new
         assert proxy.bytes_down >= len(new)  # all of it came again
@@ -178,11 +178,11 @@ def test_object_replaced_between_head_and_ranged_get(tmp_path, local_s3, monkeyp
 
     monkeypatch.setattr(client, "head_object", lambda **kw: dict(stale_head))
     with pytest.raises(LabError, match="replaced on the server") as e:
-        pull_checkpoint(uri, dest, client=client)
+        pull(uri, dest, client=client)
     assert "again" in str(e.value)
     assert not dest.exists() and _no_leftovers(tmp_path)
 
-    pull_checkpoint(uri, dest)
+    pull(uri, dest)
     assert dest.read_bytes() == new
 
 
@@ -194,7 +194,7 @@ def test_garbage_part_is_never_renamed(tmp_path, local_s3, sidecar):
     if sidecar == "right-etag":
         etag = s3_client().head_object(Bucket=bucket, Key="m.bin")["ETag"]
         dest.with_name(dest.name + ".part.etag").write_text(etag)
-    pull_checkpoint(uri, dest)
+    pull(uri, dest)
     assert dest.read_bytes() == data
     assert _no_leftovers(tmp_path)
 
@@ -205,7 +205,7 @@ def test_missing_key_names_uri(tmp_path, local_s3):
     _put(local_s3.endpoint_url, bucket, "ckpt/model.bin", b"x" * 100)
     uri = f"s3://{bucket}/ckpt/typo.bin"
     with pytest.raises(LabError) as e:
-        pull_checkpoint(uri, tmp_path / "out" / "typo.bin")
+        pull(uri, tmp_path / "out" / "typo.bin")
     assert uri in str(e.value) and "not found" in str(e.value) and "LAB_S3_URI" in str(e.value)
     assert not (tmp_path / "out" / "typo.bin").exists() and _no_leftovers(tmp_path)
 
@@ -227,7 +227,7 @@ def test_wrong_credentials_are_reported(tmp_path, monkeypatch):
             ("s3://lab-bucket/ckpt/", tmp_path / "folder"),  # LIST: InvalidAccessKeyId
         ]:
             with pytest.raises(LabError, match="denied") as e:
-                pull_checkpoint(uri, local)
+                pull(uri, local)
             msg = str(e.value)
             assert uri in msg and "AWS_ACCESS_KEY_ID" in msg and "AWS_SECRET_ACCESS_KEY" in msg
             assert not local.exists()
@@ -276,11 +276,11 @@ def test_interrupt_keeps_part_for_resume(tmp_path, local_s3, monkeypatch):
 
     monkeypatch.setattr(client, "download_fileobj", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pull_checkpoint(uri, dest, client=client)
+        pull(uri, dest, client=client)
     assert not dest.exists() and _part(dest).read_bytes() == data[:250_000]
 
     monkeypatch.setattr(client, "download_fileobj", real)
-    pull_checkpoint(uri, dest, client=client)
+    pull(uri, dest, client=client)
     assert dest.read_bytes() == data and _no_leftovers(tmp_path)
 
 
@@ -308,13 +308,14 @@ def test_transient_fault_is_retried_within_the_same_run(tmp_path, local_s3, monk
                 "s3", config=Config(read_timeout=1, connect_timeout=2, retries={"max_attempts": 1})
             )
         capsys.readouterr()
-        pull_checkpoint(uri, dest, client=client)
+        pull(uri, dest, client=client)
         assert dest.read_bytes() == data
         assert proxy.cuts == 1
         assert ("resuming" in capsys.readouterr().out) == (case == "resumed")
     assert _no_leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_silent_endpoint_is_reported_within_30_seconds(tmp_path, local_s3, monkeypatch):
     """A server that accepts the connection and never answers: one message naming AWS_ENDPOINT_URL_S3, in < 30 s."""
     import socket
@@ -329,7 +330,7 @@ def test_a_silent_endpoint_is_reported_within_30_seconds(tmp_path, local_s3, mon
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{listener.getsockname()[1]}")
     t0 = time.monotonic()
     with pytest.raises(LabError, match="Could not reach the S3 endpoint") as error:
-        pull_checkpoint("s3://lab-bucket/model.bin", tmp_path / "model.bin")
+        pull("s3://lab-bucket/model.bin", tmp_path / "model.bin")
     assert time.monotonic() - t0 < 30
     assert "AWS_ENDPOINT_URL_S3" in error.value.fix
     listener.close()

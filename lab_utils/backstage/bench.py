@@ -23,19 +23,25 @@ zero (random weights produce them in the backward pass, where x86 CPUs compute t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
+import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
+from .. import isolated
+from ..config import RELEASE_DIR, load_settings
 from ..errors import LabError
 from ..outputs import check_output_file
+from ..serving import serving_memory
 
 PARTS = ("a", "b", "c", "d", "e", "f", "g")
 PART_TITLES = {
@@ -124,71 +130,10 @@ def machine_description() -> dict:
     }
 
 
-# --- Running one measurement in its own process -------------------------------------------------------------------
+def run_isolated(measure, threads: int, **kwargs) -> dict:
+    """Run the measurement `measure` (a function of this module) in a fresh process, denormals flushed."""
 
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
-
-
-def _child_main(conn, name: str, kwargs: dict, threads: int) -> None:
-    """Entry point of a measuring process: run `name(**kwargs)` and send back its result and peak memory."""
-    try:
-        import warnings
-
-        import torch
-
-        torch.set_num_threads(threads)
-        # Random weights make the backward pass produce denormal floats, which x86 CPUs compute in slow microcode:
-        # measured here, a course-padded step took 104 s instead of 19 s and ours 5.0 s instead of 3.7 s. Flushing
-        # them to zero (as Intel's PyTorch tuning guide recommends for CPUs) measures the arithmetic, not this artefact.
-        torch.set_flush_denormal(True)
-        # both sides of every comparison truncate at the same length: the warning would only repeat that
-        warnings.filterwarnings("ignore", message=".*prompts exceed .* tokens and were truncated")
-        result = globals()[name](**kwargs)
-        result["peak_rss_mb"] = _peak_rss_mb()
-        conn.send(("ok", result))
-    except BaseException as exc:  # everything goes back to the parent, which reports it
-        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
-
-def run_isolated(name: str, threads: int, **kwargs) -> dict:
-    """Run the measurement `name` in a fresh process (spawned: nothing inherited) and return its result."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, name, kwargs, threads), daemon=True)
-    proc.start()
-    child.close()
-    message = None
-    while message is None:
-        if parent.poll(0.5):
-            try:
-                message = parent.recv()
-            except EOFError:
-                break
-        elif not proc.is_alive():
-            if parent.poll(0.5):
-                continue
-            break
-    proc.join()
-    if message is None:
-        why = " (killed: probably out of memory)" if proc.exitcode in (-9, 137) else ""
-        raise LabError(
-            f"the measuring process for {name} died with exit code {proc.exitcode}{why}",
-            "run fewer parts (--only) or smaller sizes (--batch-size, --rows)",
-        )
-    status, payload = message
-    if status != "ok":
-        raise LabError(f"measurement {name} failed in its process: {payload}", "fix the error the traceback shows")
-    return payload
+    return isolated.run_isolated(measure, threads=threads, flush_denormals=True, **kwargs)
 
 
 # --- Building blocks (run inside the measuring processes) ---------------------------------------------------------
@@ -213,7 +158,6 @@ def _load_tokenizer(path: str):
 
 def _bench_settings(sz: Sizes):
     """The course profile's settings with the benchmark's lengths and batch (what `summarize` and the recipe read)."""
-    from ..config import load_settings
 
     return load_settings(
         "course",
@@ -275,7 +219,6 @@ def _course_batches(tokenizer, examples: list[dict], batch_size: int, pad_length
 def _our_batches(tokenizer, examples: list[dict], batch_size: int, sizes: Sizes, seed: int = 42) -> list[dict]:
     """The lab's preprocessing: the recipe's tokenization and collator (pad to the longest, labels -100), with
     examples grouped by length as `group_by_length=True` does (batch order shuffled)."""
-    import random
 
     from datasets import Dataset, DatasetDict
 
@@ -329,7 +272,6 @@ def _time_steps(model, batches: list[dict], lr: float, saved: dict | None = None
     backward pass, weights left out and each storage counted once: the activation memory of one step. With `bf16`,
     the forward pass runs under CPU bf16 autocast (weights and optimizer stay fp32).
     """
-    import contextlib
 
     import torch
 
@@ -392,7 +334,7 @@ def measure_matmul_peak(sizes: tuple = (1024, 2048, 3072), repeats: int = 5) -> 
 
 def measure_evaluation(sizes: dict, tokenizer_dir: str, test_dialogues: list[str]) -> dict:
     """(a) Seconds for the course's row-by-row loop and for `summarize`, over the same test rows."""
-    from ..evaluation import summarize
+    from ..generation import summarize
 
     sz = Sizes(**sizes)
     model, tokenizer = _build_model(sz.model), _load_tokenizer(tokenizer_dir)
@@ -419,7 +361,6 @@ def measure_training_step(
     sizes: dict, tokenizer_dir: str, examples: list[dict], course: bool = True, flops: bool = True
 ) -> dict:
     """(b, e) Median seconds per full fine-tuning step with the course's padding and with ours; matmul FLOP/s."""
-    import gc
 
     sz = Sizes(**sizes)
     tokenizer = _load_tokenizer(tokenizer_dir)
@@ -509,7 +450,7 @@ def measure_inference_memory(sizes: dict, tokenizer_dir: str, out_dir: str, dial
     summarize one batch; the parent reads this process's peak resident memory."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..evaluation import summarize
+    from ..generation import summarize
 
     sz = Sizes(**sizes)
     tokenizer = _load_tokenizer(tokenizer_dir)
@@ -524,7 +465,7 @@ def measure_inference_memory(sizes: dict, tokenizer_dir: str, out_dir: str, dial
 
 def measure_inference_modes(sizes: dict, tokenizer_dir: str, dialogues: list[str]) -> dict:
     """(f) Seconds for `summarize` with fp32, int8 and (where the CPU has it) bf16, same prompts, fixed length."""
-    from ..evaluation import summarize
+    from ..generation import summarize
     from .inference import cpu_supports_bf16, prepare_for_inference
 
     sz = Sizes(**sizes)
@@ -552,8 +493,8 @@ def measure_standin_rouge(
     """
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..config import load_settings
-    from ..evaluation import compute_rouge, generation_kwargs, summarize
+    from ..generation import generation_kwargs, summarize
+    from ..scoring import compute_rouge
     from .inference import cpu_supports_bf16, prepare_for_inference
 
     settings = load_settings("offline", environ={})
@@ -575,7 +516,6 @@ def measure_standin_rouge(
 
 def _adapter_with_weights(model, seed: int):
     """A LoRA adapter (the lab's: r=32 on q and v) on a copy of `model`, with random B matrices, as after training."""
-    import copy
 
     import torch
     from peft import get_peft_model
@@ -593,9 +533,8 @@ def _adapter_with_weights(model, seed: int):
 
 def measure_serving_speed(sizes: dict, tokenizer_dir: str, dialogues: list[str]) -> dict:
     """(g) Seconds for `summarize` with the original model, the base + an unmerged adapter, and the merged model."""
-    import copy
 
-    from ..evaluation import summarize
+    from ..generation import summarize
 
     sz = Sizes(**sizes)
     model, tokenizer = _build_model(sz.model), _load_tokenizer(tokenizer_dir)
@@ -678,7 +617,6 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 def run(args) -> dict:
     """Measure the requested parts and return every number (seconds, MB, FLOP/s) and the ratios between them."""
-    from ..config import load_settings
     from ..data import load_dialogsum_csv
 
     sizes = default_sizes(args.smoke)
@@ -728,7 +666,7 @@ def run(args) -> dict:
         sz = dataclasses.asdict(sizes)
         if "a" in parts:
             _start("a", f"{len(rows)} test rows ({len(unique)} dialogues), {sizes.eval_new_tokens} new tokens each")
-            r = run_isolated("measure_evaluation", threads, sizes=sz, tokenizer_dir=tok_dir, test_dialogues=rows)
+            r = run_isolated(measure_evaluation, threads, sizes=sz, tokenizer_dir=tok_dir, test_dialogues=rows)
             r["speedup"] = _ratio(r["course_s"], r["ours_s"])
             report["a"] = r
             print(f"    course {r['course_s']:.1f} s, ours {r['ours_s']:.1f} s: {r['speedup']:.1f}x")
@@ -736,7 +674,7 @@ def run(args) -> dict:
             what = "b" if "b" in parts else "e"
             _start(what, f"batch {sizes.batch_size}, 1 warm-up + {sizes.steps} measured steps, AdamW")
             r = run_isolated(
-                "measure_training_step",
+                measure_training_step,
                 threads,
                 sizes=sz,
                 tokenizer_dir=tok_dir,
@@ -788,10 +726,10 @@ def run(args) -> dict:
         infer = unique[: sizes.infer_dialogues]  # (d, f)
         if "d" in parts:
             _start("d", f"load + summarize {len(infer)} dialogues, one process each")
-            run_isolated("save_models_for_inference", threads, sizes=sz, out_dir=str(work))
+            run_isolated(save_models_for_inference, threads, sizes=sz, out_dir=str(work))
             kw = dict(sizes=sz, tokenizer_dir=tok_dir, out_dir=str(work), dialogues=infer)
-            full = run_isolated("measure_inference_memory", threads, peft=False, **kw)
-            peft = run_isolated("measure_inference_memory", threads, peft=True, **kw)
+            full = run_isolated(measure_inference_memory, threads, peft=False, **kw)
+            peft = run_isolated(measure_inference_memory, threads, peft=True, **kw)
             report["d"] = {
                 "full_peak_rss_mb": full["peak_rss_mb"],
                 "peft_peak_rss_mb": peft["peak_rss_mb"],
@@ -804,7 +742,7 @@ def run(args) -> dict:
             )
         if "f" in parts:
             _start("f", f"{len(infer)} dialogues, {sizes.max_new_tokens} new tokens each, summarize")
-            r = run_isolated("measure_inference_modes", threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=infer)
+            r = run_isolated(measure_inference_modes, threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=infer)
             r["int8_speedup"] = _ratio(r["fp32_s"], r["int8_s"])
             r["bf16_speedup"] = _ratio(r["fp32_s"], r.get("bf16_s"))
             r.pop("peak_rss_mb", None)
@@ -819,7 +757,7 @@ def run(args) -> dict:
         if "g" in parts:
             n = sizes.serving_adapters
             _start("g", f"{len(infer)} dialogues, {sizes.max_new_tokens} new tokens each; {n} adapters vs {n} models")
-            r = run_isolated("measure_serving_speed", threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=infer)
+            r = run_isolated(measure_serving_speed, threads, sizes=sz, tokenizer_dir=tok_dir, dialogues=infer)
             r.pop("peak_rss_mb", None)
             r["unmerged_over_merged"] = _ratio(r["unmerged_s"], r["merged_s"])
             r["merged_over_original"] = _ratio(r["merged_s"], r["original_s"])
@@ -828,8 +766,7 @@ def run(args) -> dict:
                 f"{r['merged_s']:.2f} s: unmerged / merged {r['unmerged_over_merged']:.2f}x, "
                 f"merged / original {r['merged_over_original']:.2f}x"
             )
-            saved = run_isolated("save_models_for_serving", threads, sizes=sz, out_dir=str(work), n=n)
-            from ..serving import serving_memory
+            saved = run_isolated(save_models_for_serving, threads, sizes=sz, out_dir=str(work), n=n)
 
             memory = serving_memory(saved["base"], saved["adapters"], saved["merged"])
             r.update(
@@ -856,8 +793,8 @@ def run(args) -> dict:
 def _lora_vs_full(sz: dict, threads: int, tok_dir: str, examples: list[dict], checkpointing: bool) -> dict:
     """(c) Full fine-tuning and LoRA, each in its own process, with or without gradient checkpointing."""
     kw = dict(sizes=sz, tokenizer_dir=tok_dir, examples=examples, checkpointing=checkpointing)
-    full = run_isolated("measure_lora_vs_full", threads, lora=False, **kw)
-    lora = run_isolated("measure_lora_vs_full", threads, lora=True, **kw)
+    full = run_isolated(measure_lora_vs_full, threads, lora=False, **kw)
+    lora = run_isolated(measure_lora_vs_full, threads, lora=True, **kw)
     c = {
         "batch_size": sz["lora_batch_size"],
         "full_step_s": full["step_s"],
@@ -884,7 +821,6 @@ def _lora_vs_full(sz: dict, threads: int, tok_dir: str, examples: list[dict], ch
 def _standin_rouge(settings, test, sizes: Sizes, threads: int) -> dict:
     """(f) ROUGE change of int8 / bf16 on the stand-in's trained instruct model, or why it was skipped."""
     from ..checkpoints import FULL_CHECKPOINT
-    from ..config import RELEASE_DIR
 
     tokenizer_dir = RELEASE_DIR / "flan-t5-tiny"
     checkpoint = RELEASE_DIR / FULL_CHECKPOINT
@@ -903,7 +839,7 @@ def _standin_rouge(settings, test, sizes: Sizes, threads: int) -> dict:
     rows = first_dialogue_rows(test, sizes.rouge_dialogues)
     print(f"    stand-in ROUGE: {checkpoint.name}, {len(rows)} test rows ({sizes.rouge_dialogues} dialogues)")
     r = run_isolated(
-        "measure_standin_rouge",
+        measure_standin_rouge,
         threads,
         model_dir=str(checkpoint),
         tokenizer_dir=str(tokenizer_dir),

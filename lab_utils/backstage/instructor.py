@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
-from ..config import Settings
+from ..config import Settings, looks_like_hub_id
 from ..errors import LabError
-from .recipe import is_main_process
+from .generation_cache import GenerationCache
+from .local_s3 import local_s3_for
+from .publish import check_publish_target, upload_folder
+from .recipe import is_main_process, lora_config, make_trainer, recipe_identity, recipe_of, tokenize, training_arguments
 
 # the settings each stage's result depends on (besides the original model's weights and the data)
 TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
@@ -220,7 +223,6 @@ def check_losses(log_history: list[dict], what: str, setting: str) -> None:
 
 def _train_stage(model, tokenizer, train, out: Path, stage: Stage, settings: Settings):
     """Train one stage with the notebook's recipe; rank 0 saves to `out` (via a temporary folder)."""
-    from .recipe import make_trainer, recipe_of, training_arguments
 
     tmp = out.with_name(out.name + ".partial")
     _remove(tmp)
@@ -266,6 +268,8 @@ def run_instructor(
     """
     from ..data import load_dialogsum
 
+    if upload:
+        local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
     out = run_dir(settings)
     original, tokenizer = _load_original(settings)
     dataset = load_dialogsum(settings)
@@ -274,20 +278,17 @@ def run_instructor(
     with run_lock(out):
         remove_debris(out)
         if upload:
-            from .publish import check_publish_target
-
             check_publish_target(settings)  # before hours of training, not after
         _train_stages(settings, out, original, tokenizer, dataset)
         _results_stage(settings, out, original, tokenizer, dataset["test"], progress, fast_inference)
         if upload:
-            publish(settings, out)
+            upload_folder(settings, out, PUBLISHED)
     return out
 
 
 def _load_original(settings: Settings):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from ..config import looks_like_hub_id
     from ..models import check_model_dir
 
     source = settings.model_path_or_id
@@ -298,7 +299,6 @@ def _load_original(settings: Settings):
 
 
 def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict]:
-    from .recipe import recipe_identity
 
     base = {
         "original": original_fp,
@@ -321,7 +321,6 @@ def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset) -
     from peft import get_peft_model
 
     from ..models import fingerprint
-    from .recipe import lora_config, tokenize
 
     ids = _identities(settings, fingerprint(original), dataset)
     stages = Stages(out)
@@ -346,8 +345,9 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..evaluation import RESULTS_COLUMNS, summarize, write_results_file
+    from ..generation import summarize
     from ..models import check_adapter_dir, check_model_dir, fingerprint
+    from ..results_file import RESULTS_COLUMNS, write_results_file
     from .inference import prepare_for_inference
 
     trained = {stage.folder: json.dumps(Stages(out).identity(stage.name), sort_keys=True) for stage in TRAINED}
@@ -388,7 +388,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
             settings,
             progress=progress,
             desc=name,
-            cache=cache / f"{name}.jsonl",
+            store=GenerationCache(cache / f"{name}.jsonl"),
         )
         _check_summaries(column, columns[column])
     print("Generating the topic adapter's topics of the test set", flush=True)
@@ -399,7 +399,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         settings,
         progress=progress,
         desc="topic",
-        cache=cache / "topic.jsonl",
+        store=GenerationCache(cache / "topic.jsonl"),
         prompt=STAGES["topic"].prompt,
     )
     _check_summaries("peft_model_topics", topics)
@@ -413,36 +413,3 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     stages.complete("results", outputs, identity)
     shutil.rmtree(cache, ignore_errors=True)
     print(f"Wrote {out / RESULTS_FILE} and {out / TOPIC_RESULTS_FILE} ({len(test)} test rows)")
-
-
-def publish(settings: Settings, folder: Path) -> None:
-    """Upload a finished run (or the offline release) to `LAB_S3_URI`, skipping what the server already has."""
-    from .publish import push_checkpoint
-
-    for name in PUBLISHED:
-        path = folder / name
-        push_checkpoint(path, settings.s3(name + "/" if path.is_dir() else name))
-    print(f"Published {folder} to {settings.s3_uri}")
-
-
-_LOCAL_S3 = None  # the offline profile's local S3 server, one per process
-
-
-def local_s3_for(settings: Settings):
-    """Offline profile: the local S3 server of this process (started on first use), unless one is configured."""
-    global _LOCAL_S3
-
-    if not settings.offline or (_LOCAL_S3 is None and os.environ.get("AWS_ENDPOINT_URL_S3")):
-        return None
-    if _LOCAL_S3 is None:
-        from .local_s3 import start_local_s3
-
-        _LOCAL_S3 = start_local_s3()
-    return _LOCAL_S3
-
-
-def publish_run(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32") -> Path:
-    """The instructor command: run (or reuse) the instructor's run and publish it to the profile's S3 prefix."""
-    if upload:
-        local_s3_for(settings)
-    return run_instructor(settings, upload=upload, progress=progress, fast_inference=fast_inference)

@@ -209,3 +209,18 @@ def start_local_s3(mode: str = "thread") -> LocalS3:
     _bypass_proxy_for_localhost()
     print(f"Local S3 server ({mode}) listening on {server.endpoint_url} (AWS_ENDPOINT_URL_S3 is set)")
     return server
+
+
+_LOCAL_S3 = None  # the offline profile's local S3 server, one per process
+
+
+def local_s3_for(settings):
+    """Offline profile: the local S3 server of this process (started on first use), unless one is configured
+    (`AWS_ENDPOINT_URL_S3`, e.g. a server started with `python -m lab_utils.backstage.local_s3`)."""
+    global _LOCAL_S3
+
+    if not settings.offline or (_LOCAL_S3 is None and os.environ.get("AWS_ENDPOINT_URL_S3")):
+        return None
+    if _LOCAL_S3 is None:
+        _LOCAL_S3 = start_local_s3()
+    return _LOCAL_S3

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..config import parse_s3_uri
 from ..errors import LabError
-from .transfers import (
+from ..s3 import (
     NOT_FOUND_CODES,
     TRANSFER_CONFIG,
     bucket_exists,
@@ -25,6 +25,14 @@ from .transfers import (
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
+
+
+def upload_folder(settings, folder: Path, names) -> None:
+    """Upload `names` of a finished run (or of the offline release) to `LAB_S3_URI`, skipping what S3 already has."""
+    for name in names:
+        path = folder / name
+        push_checkpoint(path, settings.s3(name + "/" if path.is_dir() else name))
+    print(f"Published {folder} to {settings.s3_uri}")
 
 
 def _ensure_bucket(client, bucket: str, uri: str) -> None:

@@ -8,6 +8,7 @@ drift apart.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,7 +137,6 @@ def recipe_identity(settings: Settings, learning_rate: float, lora: bool, prompt
     requirements.txt pins the versions). `tokenize` and `data_collator` are not covered: a change there must change
     the prompt or a setting, or the run must be started afresh.
     """
-    import json
 
     from peft import LoraConfig
     from transformers import Seq2SeqTrainingArguments

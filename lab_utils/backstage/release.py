@@ -18,7 +18,9 @@ from pathlib import Path
 from ..checkpoints import FULL_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..errors import LabError
-from .instructor import PUBLISHED, STAGE_NAMES, TRAINED, Stages, publish, run_dir, write_json_atomic
+from .instructor import PUBLISHED, STAGE_NAMES, TRAINED, Stages, run_dir, write_json_atomic
+from .local_s3 import local_s3_for
+from .publish import upload_folder
 
 STANDIN = "flan-t5-tiny"
 MANIFEST = "MANIFEST.json"
@@ -91,12 +93,13 @@ def check_seconds(seconds: dict[str, object]) -> None:
 def check_run(settings: Settings, run: Path, stages: Stages) -> None:
     """What a release promises, checked on the run before anything is written: the checkpoint and adapters load as
     the notebook's pulls check them, they were trained on `LAB_MODEL_ID` (the fingerprint each stage recorded),
-    and the results file passes the lab's story checks (`evaluation.story_checks`)."""
+    and the results file passes the lab's story checks (`scoring.story_checks`)."""
     from transformers import AutoModelForSeq2SeqLM
 
     from ..data import load_dialogsum
-    from ..evaluation import TOPIC_COLUMNS, read_results_file, story_checks
     from ..models import check_adapter_dir, check_model_dir, fingerprint
+    from ..results_file import TOPIC_COLUMNS, read_results_file
+    from ..scoring import story_checks
 
     fix = "run `python -m lab_utils --profile offline instructor` again: it retrains what is damaged"
     check_model_dir(run / FULL_CHECKPOINT, finite=True, fix=fix)
@@ -184,10 +187,9 @@ def make_release(
     return dest
 
 
-def publish_release(settings: Settings) -> None:
-    """Offline notebook: check the committed release and publish it to the local S3 server."""
-    from .instructor import local_s3_for
-
+def start_offline_world(settings: Settings) -> None:
+    """The offline notebook's world: check the committed release, start the local S3 server on 127.0.0.1 and publish
+    the release to it, so that the notebook pulls what the project's instructor command trained (a few seconds)."""
     manifest = verify_release()
     if settings.path(settings.model_id) != RELEASE_DIR / STANDIN:
         print(
@@ -196,4 +198,4 @@ def publish_release(settings: Settings) -> None:
         )
     local_s3_for(settings)
     print(f"Offline profile: publishing the project's trained release (made {manifest['made']}) to {settings.s3_uri}")
-    publish(settings, RELEASE_DIR)
+    upload_folder(settings, RELEASE_DIR, PUBLISHED)

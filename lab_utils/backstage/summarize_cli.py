@@ -64,7 +64,8 @@ def decode(data: bytes, name: str, encoding: str | None = None) -> str:
         if b"\0" in data:
             raise LabError(f"{name} is not text (it holds NUL bytes)", "give a text or CSV file of dialogues") from None
         raise LabError(
-            f"{name} is not {encoding} text ({exc.reason} at byte {exc.start}: {data[exc.start : exc.start + 4]!r})",
+            f"{name} is not {'UTF-8' if encoding == 'utf-8' else encoding} text ({exc.reason} at byte {exc.start}: "
+            f"{data[exc.start : exc.start + 4]!r})",
             "save it as UTF-8, or name its encoding, e.g. --encoding cp1252 (Windows, Western European)",
         ) from None
     if "\0" in text:
@@ -157,7 +158,7 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
 
 def summarize_command(settings: Settings, args) -> None:
     """`python -m lab_utils summarize`: read dialogues, summarize them in batches, print or write a CSV."""
-    from ..evaluation import summarize
+    from ..generation import summarize
 
     # the output first: a bad path costs nothing, and the input is never overwritten
     output = args.output and check_output_file(args.output, [args.input], is_summaries_csv, "the output (--output)")

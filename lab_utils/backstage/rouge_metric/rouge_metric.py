@@ -3,7 +3,8 @@
 The course calls `evaluate.load("rouge")`, which fetches the metric's script from the Hugging Face Hub. Offline,
 `evaluate.load("lab_utils/backstage/rouge_metric")` loads this file instead: the same computation (Google's
 `rouge_score` package, the same inputs and options, per-row scores or the bootstrap aggregate), so the notebook's
-cells are the same in both profiles. `tests/test_rouge_metric.py` checks it against `rouge_score` directly.
+cells are the same in both profiles. `test_local_rouge_metric_equals_rouge_score` (tests/test_evaluation.py) checks
+it against `rouge_score`.
 """
 
 import datasets

@@ -1,4 +1,4 @@
-"""The bytes of S3 transfers (pulls here; `publish` pushes): resumable, verified, no partial file under a final name.
+"""The S3 engine (pulls here; `backstage/publish` pushes): resumable, verified, no partial file under a final name.
 
 Every download lands in a `<name>.part` file first and is renamed only after its size and
 (where S3 gives us one) its MD5 have been checked, so an interrupted or corrupted transfer
@@ -39,8 +39,8 @@ from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from tqdm.auto import tqdm
 from urllib3.exceptions import ProtocolError
 
-from ..config import parse_s3_uri
-from ..errors import LabError
+from .config import parse_s3_uri
+from .errors import LabError, disk_error
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 # Multipart size used for our own uploads; also the first guess when re-computing a
 # multipart ETag (it is MD5 of the part MD5s, so it depends on the part size).
 CHUNK_SIZE = 8 * 1024 * 1024
-# Few threads: the lab machines have 2 CPU cores shared with the notebook kernel.
+# A few threads: transfers wait on the network, and the notebook's kernel shares the CPUs (8 vCPUs on ml.m5.2xlarge).
 TRANSFER_CONFIG = TransferConfig(multipart_threshold=CHUNK_SIZE, multipart_chunksize=CHUNK_SIZE, max_concurrency=4)
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -87,13 +87,6 @@ def format_size(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-FULL_CHECKPOINT = "flan-dialogue-summary-checkpoint"  # the fully fine-tuned ("instruct") model
-PEFT_CHECKPOINT = "peft-dialogue-summary-checkpoint"  # the LoRA adapter for summaries
-TOPIC_CHECKPOINT = "peft-dialogue-topic-checkpoint"  # a second LoRA adapter: the dialogue's topic
-RESULTS_FILE = "dialogue-summary-training-results.csv"  # every test row summarized by the three models
-TOPIC_RESULTS_FILE = "dialogue-topic-results.csv"  # every test row's topic named by the topic adapter
 
 
 def s3_client(anonymous: bool = False):
@@ -143,7 +136,7 @@ def _botocore_cause(exc: BaseException) -> BaseException:
             (ClientError, NoCredentialsError, PartialCredentialsError, *_UNREACHABLE),
         ):
             return seen
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+        if disk_error(seen, "") is not None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return exc
@@ -197,12 +190,8 @@ def _translate(exc: BaseException, client, uri: str, *, local: Path | None = Non
         return LabError(f"No (complete) AWS credentials were found to access {uri}.", CREDENTIALS_FIX)
     if isinstance(exc, _UNREACHABLE):
         return _unreachable_error(client, uri, exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = local.parent if local is not None else Path(".")
-        return LabError(
-            f"The disk is full while writing {local or where} (from {uri}).",
-            f"Free some space in {where} (e.g. delete old checkpoints under data/) and run this cell again.",
-        )
+    if disk_error(exc, local) is not None:
+        return disk_error(exc, f"{local or Path('.')} (from {uri})", "then run this cell again")
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code"))
@@ -540,9 +529,7 @@ def _download_one(client, bucket: str, key: str, head: dict, dest: Path, bar, ur
             tag.unlink(missing_ok=True)
 
 
-def pull_checkpoint(
-    s3_uri: str, local_path: str | os.PathLike, client: BaseClient | None = None, anonymous: bool = False
-) -> Path:
+def pull(s3_uri: str, local_path: str | os.PathLike, client: BaseClient | None = None, anonymous: bool = False) -> Path:
     """Download one object, or every object under a prefix ending in "/", to `local_path`."""
     bucket, key = parse_s3_uri(s3_uri)
     client = client or s3_client(anonymous=anonymous)

@@ -1,261 +1,27 @@
-"""Generating summaries and scoring them with ROUGE; the results file over the full test set."""
+"""Scoring summaries with ROUGE, and the checks a model that ignores its input cannot pass.
+
+ROUGE as the course reports it (`compute_rouge`, `rouge_table`, `show_improvement`); the results file's scores; the
+best constant summary and the story checks (`story_checks`); and three views of the same predictions (`rouge_views`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 import warnings
-from pathlib import Path
+from collections import Counter
 from typing import TYPE_CHECKING
 
-import torch
-
+from .config import PROJECT_ROOT, profile_defaults
 from .errors import LabError
+from .results_file import RESULTS_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     import evaluate
     import pandas as pd
-    from transformers import PreTrainedTokenizerBase
-
-    from .config import Settings
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-RESULTS_COLUMNS = (
-    "human_baseline_summaries",
-    "original_model_summaries",
-    "instruct_model_summaries",
-    "peft_model_summaries",
-)
-TOPIC_COLUMNS = ("human_baseline_topics", "peft_model_topics")
-
-
-def generation_kwargs(settings: Settings) -> dict:
-    """Greedy decoding settings for this profile (the course: greedy, up to 200 new tokens)."""
-    kwargs = {"max_new_tokens": settings.max_new_tokens, "num_beams": 1, "do_sample": False}
-    if settings.no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
-    return kwargs
-
-
-def _check_dialogues(dialogues) -> list[str]:
-    if isinstance(dialogues, str):
-        dialogues = [dialogues]
-    dialogues = list(dialogues)
-    if not dialogues:
-        raise LabError("no dialogues to summarize", "pass at least one dialogue")
-    for i, d in enumerate(dialogues):
-        if not isinstance(d, str):
-            raise LabError(f"dialogue #{i} is a {type(d).__name__}, not a string", "pass dialogue text (str)")
-        if not d.strip():
-            raise LabError(f"dialogue #{i} is empty", "pass a non-empty dialogue")
-    return dialogues
-
-
-def summarize(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    dialogues: str | Sequence[str],
-    settings: Settings,
-    gen_kwargs: dict | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
-    desc: str = "Summarizing",
-    cache: str | Path | None = None,
-    prompt: Callable[[str], str] | None = None,
-) -> list[str]:
-    """Summarize dialogues with the instruction prompt, as the notebook and the instructor both do.
-
-    Prompts are truncated at `settings.max_source_length` (as in training) and decoded with
-    `generation_kwargs(settings)` unless `gen_kwargs` is given; each distinct dialogue is generated once, in
-    length-sorted batches of `settings.eval_batch_size`, each batch encoded in chunks of similar length
-    (`encoder_chunks`) under `torch.inference_mode()`.
-
-    With `cache` (a .jsonl file), every finished batch is appended to it; run again after a crash, the finished
-    batches are read back and only the rest is generated. Batches are the same as in an uninterrupted run, so the
-    summaries are identical too. `prompt` replaces the summary prompt (the topic adapter's task).
-    """
-    from tqdm.auto import tqdm
-
-    from .data import build_prompt
-
-    prompt = prompt or build_prompt
-    dialogues = _check_dialogues(dialogues)
-    gen_kwargs = generation_kwargs(settings) if gen_kwargs is None else gen_kwargs
-    batch_size = settings.eval_batch_size if batch_size is None else batch_size
-    max_source_length = settings.max_source_length
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise LabError(f"batch_size={batch_size!r} must be a whole number of at least 1", "use e.g. batch_size=16")
-    if gen_kwargs.get("max_new_tokens", 1) < 1:
-        raise LabError(
-            f"max_new_tokens={gen_kwargs['max_new_tokens']!r} must be at least 1", "set `LAB_MAX_NEW_TOKENS`"
-        )
-    distinct = list(dict.fromkeys(dialogues))  # the test split repeats every dialogue 3 times
-    prompts = [prompt(d) for d in distinct]
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True).input_ids]
-    too_long = sum(n > max_source_length for n in lengths)
-    if too_long:
-        warnings.warn(
-            f"{too_long} of {len(prompts)} prompts exceed {max_source_length} tokens and were truncated "
-            "(the model cannot read past its input limit)",
-            stacklevel=1,  # a fixed location: shown once per session, the same in every run of the notebook
-        )
-    # sorted by length, so each batch pads little; outputs are put back in the original order
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    summaries: list[str] = [""] * len(prompts)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    done: dict[int, list[str]] = {}
-    if cache is not None:
-        from .models import fingerprint
-
-        # the cache is valid only for the same prompts, model weights and generation settings
-        # (and the same way of encoding: chunks of similar length, whose last bits may differ from one batch pass)
-        key_parts = [batch_size, max_source_length, sorted(gen_kwargs.items()), "encoder-chunks"]
-        key = json.dumps([prompts, *key_parts, fingerprint(model)])
-        key = hashlib.sha256(key.encode()).hexdigest()[:16]
-        done = _open_generation_cache(Path(cache), key, [len(b) for b in batches])
-        if done:
-            print(f"{desc}: resuming, {len(done)} of {len(batches)} batches already in {cache}")
-        sink = open(cache, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally below
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        _generate_batches(
-            model,
-            tokenizer,
-            prompts,
-            batches,
-            done,
-            summaries,
-            gen_kwargs,
-            max_source_length,
-            device,
-            tqdm(total=len(batches), desc=desc, disable=not progress, unit="batch"),
-            (lambda b, texts: _append_batch(sink, key, b, texts)) if cache is not None else None,
-        )
-    finally:
-        if cache is not None:
-            sink.close()
-        model.train(was_training)
-    by_dialogue = dict(zip(distinct, summaries))
-    return [by_dialogue[d] for d in dialogues]
-
-
-def _generate_batches(
-    model, tokenizer, prompts, batches, done, summaries, gen_kwargs, max_source_length, device, bar, on_batch
-) -> None:
-    with torch.inference_mode(), bar:
-        for b, idx in enumerate(batches):
-            if b in done:
-                texts = done[b]
-            else:
-                enc = tokenizer(
-                    [prompts[i] for i in idx],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=max_source_length,
-                ).to(device)
-                out = model.generate(**_encoded_inputs(model, tokenizer, enc), **gen_kwargs)
-                texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-                if on_batch is not None:
-                    on_batch(b, texts)
-            for i, text in zip(idx, texts):
-                summaries[i] = text
-            bar.update(1)
-
-
-ENCODE_MAX_CHUNK = 8  # prompts per encoder pass at most
-ENCODE_MAX_PADDING = 0.1  # a chunk grows while its padding stays under this share of its tokens
-
-
-def encoder_chunks(lengths: Sequence[int]) -> list[range]:
-    """Split a batch sorted by decreasing prompt length into chunks whose padding stays under ENCODE_MAX_PADDING.
-
-    A batch is padded to its longest prompt, and a test set's dialogues differ a lot in length (the first 16 of
-    DialogSum's test split: 125 to 489 tokens), so encoding a batch at once spends about half of the encoder's work on
-    padding (and more of its attention); encoding it in chunks of similar length spends almost none.
-    """
-    chunks, start = [], 0
-    while start < len(lengths):
-        end = start + 1
-        while end < len(lengths) and end - start < ENCODE_MAX_CHUNK:
-            longest, total = lengths[start], sum(lengths[start : end + 1])
-            if longest * (end + 1 - start) > (1 + ENCODE_MAX_PADDING) * total:
-                break
-            end += 1
-        chunks.append(range(start, end))
-        start = end
-    return chunks
-
-
-def _encoded_inputs(model, tokenizer, enc) -> dict:
-    """`generate`'s inputs with the encoder already run chunk by chunk (see `encoder_chunks`): each chunk is padded to
-    its own longest prompt, then the outputs are laid out at the batch's length; the padding stays masked."""
-    from transformers.modeling_outputs import BaseModelOutput
-
-    lengths = enc["attention_mask"].sum(dim=1).tolist()
-    if (
-        not hasattr(model, "get_encoder")
-        or tokenizer.padding_side != "right"
-        or lengths != sorted(lengths, reverse=True)
-    ):
-        return dict(enc)  # not an encoder-decoder, or not the layout assumed here: generate encodes the batch
-    encoder = model.get_encoder()
-    hidden = None
-    for chunk in encoder_chunks(lengths):
-        width = lengths[chunk.start]
-        rows = slice(chunk.start, chunk.stop)
-        out = encoder(input_ids=enc["input_ids"][rows, :width], attention_mask=enc["attention_mask"][rows, :width])
-        states = out.last_hidden_state
-        if hidden is None:
-            hidden = states.new_zeros((len(lengths), enc["input_ids"].shape[1], states.shape[-1]))
-        hidden[rows, :width] = states
-    return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "attention_mask": enc["attention_mask"]}
-
-
-def _open_generation_cache(path: Path, key: str, sizes: list[int]) -> dict[int, list[str]]:
-    """Finished batches from a generation cache; a cache of other inputs, or a torn last line, is discarded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.is_file():
-        path.write_text("")
-        return {}
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]  # a kill mid-write leaves a partial last line: drop it
-    done: dict[int, list[str]] = {}
-    for line in complete.decode("utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-            b, texts, entry_key = entry["batch"], entry["summaries"], entry["key"]
-            valid = isinstance(b, int) and isinstance(texts, list) and all(isinstance(t, str) for t in texts)
-        except (ValueError, TypeError, KeyError):
-            valid = False
-        if not valid:  # damaged (not a torn last line: something else wrote here): keep it aside, start over
-            aside = path.with_name(path.name + ".damaged")
-            path.replace(aside)
-            warnings.warn(
-                f"the generation cache {path} had a damaged line; moved it to {aside}, generating again", stacklevel=3
-            )
-            path.write_text("")
-            return {}
-        if entry_key != key:
-            path.write_text("")  # written for other prompts, model or settings: start over
-            return {}
-        if 0 <= b < len(sizes) and len(texts) == sizes[b]:
-            done[b] = texts
-    if len(complete) != len(raw):
-        path.write_bytes(complete)
-    return done
-
-
-def _append_batch(sink, key: str, batch: int, texts: list[str]) -> None:
-    sink.write(json.dumps({"key": key, "batch": batch, "summaries": texts}) + "\n")
-    sink.flush()
-    os.fsync(sink.fileno())  # on disk before the next batch starts: a kill loses at most the batch in progress
 
 
 _LOCAL_ROUGE = None
@@ -266,8 +32,6 @@ def local_rouge() -> evaluate.EvaluationModule:
     global _LOCAL_ROUGE
     if _LOCAL_ROUGE is None:
         import evaluate
-
-        from .config import PROJECT_ROOT, profile_defaults
 
         _LOCAL_ROUGE = evaluate.load(str(PROJECT_ROOT / profile_defaults("offline")["rouge_metric"]))
     return _LOCAL_ROUGE
@@ -337,53 +101,6 @@ def rouge_table(scores: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(means, orient="index")[list(ROUGE_KEYS)].round(4)
 
 
-def read_results_file(path: str | Path, columns: tuple[str, ...] = RESULTS_COLUMNS) -> pd.DataFrame:
-    """Read a results CSV (the lab's, with `id`, or the course's, with an unnamed index column) and check it."""
-    import pandas as pd
-
-    path = Path(path)
-    fix = "use the results file the instructor published (comma-separated UTF-8 CSV), or regenerate it"
-    if not path.is_file():
-        raise LabError(f"results file {path} does not exist", "pull it from S3 or run the instructor command")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise LabError(f"results file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})", fix) from None
-    except (ValueError, OSError) as exc:  # pandas' ParserError is a ValueError
-        raise LabError(f"results file {path} cannot be read as CSV: {exc}", fix) from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        header = ",".join(frame.columns)
-        hint = " (its header holds ';': it looks ';'-separated)" if len(frame.columns) == 1 and ";" in header else ""
-        raise LabError(f"results file {path} lacks column(s) {', '.join(missing)}{hint}", fix)
-    if frame.empty:
-        raise LabError(f"results file {path} has a header but no rows", fix)
-    for c in columns:
-        if (frame[c].str.strip() == "").any():
-            n = int((frame[c].str.strip() == "").sum())
-            raise LabError(
-                f"results file {path}: column {c} has {n} empty cell(s)",
-                "columns must all have one summary per row; regenerate the file",
-            )
-    return frame
-
-
-def write_results_file(path: str | Path, columns: dict[str, list[str]], extra: dict[str, list] | None = None) -> Path:
-    """Write the results CSV atomically (a crash never leaves a half-written file under the final name)."""
-    import pandas as pd
-
-    lengths = {k: len(v) for k, v in columns.items()}
-    if len(set(lengths.values())) != 1:
-        raise LabError(f"results columns have different lengths: {lengths}", "pass one summary per test row")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({**(extra or {}), **columns})
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
-
-
 def score_results_file(
     frame: pd.DataFrame,
     rouge: evaluate.EvaluationModule | None = None,
@@ -408,7 +125,6 @@ def distinct_summaries(frame: pd.DataFrame, model_columns: Sequence[str] = RESUL
 
 def constant_candidates(frame: pd.DataFrame, train_summaries: Sequence[str], n: int = 10) -> list[str]:
     """The 10 most frequent training summaries, and each model's own most frequent output."""
-    from collections import Counter
 
     candidates = [s for s, _ in Counter(train_summaries).most_common(n)]
     for column in RESULTS_COLUMNS[1:]:
