@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         settings = load_settings(None, **overrides)  # checked here, before any work
         if args.command == "run":
+            if Path(args.output) == EXECUTED:
+                EXECUTED.parent.mkdir(parents=True, exist_ok=True)  # the lab's own folder of generated files
             output = check_output_file(
                 args.output, [NOTEBOOK], is_executed_notebook, "the executed notebook (--output)"
             )

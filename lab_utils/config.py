@@ -60,7 +60,19 @@ class Settings:
     full_lr: float = _setting(1e-5, "learning rate of full fine-tuning (the course's)", ">0")
     lora_lr: float = _setting(1e-3, "learning rate of LoRA (the course's)", ">0")
     warmup_ratio: float = _setting(0.0, "share of training steps with a rising learning rate", "[0,1)")
-    gradient_checkpointing: bool = _setting(False, "`true`: recompute activations in backward (less memory)")
+    gradient_checkpointing: bool = _setting(
+        True, "`true`: recompute activations in backward (the same weights, less memory, a little slower)"
+    )
+    precision: str = _setting(
+        "auto",
+        "`auto` (bf16 on a GPU that has it, else fp32), `fp32`, `bf16` or `fp16`: training and generation",
+        "precision",
+    )
+    save_steps: int = _setting(50, "the instructor saves a checkpoint to resume from every this many steps", ">=1")
+    eval_steps: int = _setting(
+        50, "the instructor's validation loss every this many steps (divides `save_steps`)", ">=1"
+    )
+    validation_rows: int = _setting(200, "validation rows the instructor's validation loss is measured on", ">=1")
     instructor_full_steps: int = _setting(1600, "the instructor's full fine-tuning steps", ">=1")
     instructor_lora_steps: int = _setting(1600, "the instructor's LoRA steps", ">=1")
     instructor_topic_steps: int = _setting(800, "the instructor's steps for the topic adapter", ">=1")
@@ -125,9 +137,12 @@ OFFLINE = {
     "full_lr": 1e-3,  # a tiny model trained for minutes needs a larger step than Flan-T5
     "lora_lr": 3e-3,
     "warmup_ratio": 0.05,
+    "gradient_checkpointing": False,  # the stand-in's activations are small: nothing to save
     "instructor_full_steps": 500,  # 1.3 epochs of DialogSum's training split at batch 32
     "instructor_lora_steps": 500,
     "instructor_topic_steps": 300,
+    "save_steps": 100,  # ~2 minutes of the stand-in's training
+    "validation_rows": 500,  # the whole split: the stand-in scores it in seconds
 }
 
 
@@ -189,6 +204,8 @@ def _check_value(name: str, value: object, check: str) -> str | None:
         return "must be at least 0 and below 1"
     if check in ("text", "model") and not str(value).strip():
         return "must not be empty"
+    if check == "precision" and value not in ("auto", "fp32", "bf16", "fp16"):
+        return "must be one of auto, fp32, bf16, fp16"
     if check == "s3":
         try:
             parse_s3_uri(value)
@@ -203,6 +220,14 @@ def check_settings(settings: Settings) -> Settings:
         problem = _check_value(f.name, getattr(settings, f.name), f.metadata.get("check", ""))
         if not problem and f.name == "model_id" and settings.offline and looks_like_hub_id(settings.model_id):
             problem = "is a Hugging Face Hub id, and the offline profile cannot reach the Hub (give a local folder)"
+        if not problem and f.name == "precision" and settings.precision not in ("auto", "fp32"):
+            from .devices import best_device, resolve_precision  # torch, only when a precision is asked for
+
+            resolve_precision(settings.precision, best_device())  # refused here when this machine cannot run it
+        if not problem and f.name == "save_steps" and settings.save_steps % settings.eval_steps:
+            problem = (
+                f"must be a multiple of `LAB_EVAL_STEPS`={settings.eval_steps} (the best checkpoint is a saved one)"
+            )
         if problem:
             env = "LAB_" + f.name.upper()
             example = profile_defaults(settings.profile)[f.name]

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import build_prompt
+from .devices import autocast, device_of, resolve_precision
 from .errors import LabError
 
 if TYPE_CHECKING:
@@ -184,10 +185,13 @@ def summarize(
         if done:
             print(f"{desc}: resuming, {len(done)} of {len(batches)} batches already done")
     summaries = [""] * len(prompts)
+    device = device_of(model)
+    precision = resolve_precision(settings.precision, device)  # fp32 on the course's CPU: generation as the course's
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=len(batches), initial=len(done), desc=desc, disable=not progress, unit="batch") as bar:
+        bar = tqdm(total=len(batches), initial=len(done), desc=desc, disable=not progress, unit="batch")
+        with bar, autocast(device, precision):
             length = settings.max_source_length
             for b, texts in generate_batches(model, tokenizer, prompts, batches, gen_kwargs, length, skip=set(done)):
                 if store is not None:

@@ -87,3 +87,21 @@ def run_isolated(fn: Callable[..., dict], threads: int | None = None, flush_deno
     if status != "ok":
         raise LabError(f"measurement {name} failed in its process: {payload}", "fix the error the traceback shows")
     return payload
+
+
+def release_free_memory() -> None:
+    """Hand memory that Python freed back to the system (glibc keeps freed blocks for reuse, so a process's resident
+    memory would not show that a trainer was let go). Nothing happens where glibc is not the C library."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def memory_report() -> str:
+    """One line: this process's resident memory now and its peak so far (what the notebook shows per section)."""
+    release_free_memory()
+    return f"memory of this process: {rss_mb() / 1024:.1f} GB resident, {peak_rss_mb() / 1024:.1f} GB at most so far"

@@ -82,22 +82,44 @@ def read_train_log(checkpoint_dir: str | Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
+MEGABATCH = 50  # batches the Trainer's `group_by_length` sorts together, longest first: its losses follow the lengths
+
+
+def megabatch_means(points: Sequence[tuple[int, float]], steps_per_window: int = MEGABATCH):
+    """(last step, mean loss) over each window of `steps_per_window` steps: within a window `group_by_length` runs
+    from long examples to short ones, so single losses trace the lengths (a sawtooth); their mean traces learning."""
+    windows: dict[int, list[tuple[int, float]]] = {}
+    for step, loss in points:
+        windows.setdefault((step - 1) // steps_per_window, []).append((step, loss))
+    return [(max(s for s, _ in w), sum(v for _, v in w) / len(w)) for _, w in sorted(windows.items())]
+
+
 def plot_loss_curves(
-    logs: Mapping[str, Sequence[dict]], title: str = "Training loss", path: str | Path | None = None
+    logs: Mapping[str, Sequence[dict]], title: str = "Training and validation loss", path: str | Path | None = None
 ) -> Figure:
-    """Training loss against step, one line per run, from each trainer's `log_history` (empty logs are left out)."""
+    """Training loss (solid) and validation loss (dashed, where measured) against step, one colour per run, from each
+    trainer's `log_history`. Runs longer than a megabatch show the training loss as its mean over each megabatch
+    (`megabatch_means`); short runs show every logged step. Empty logs are left out."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for name, log in logs.items():
         points = [(e["step"], e["loss"]) for e in log if "loss" in e]
-        if points:
-            steps, losses = zip(*points)
-            ax.plot(steps, losses, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+        if not points:
+            continue
+        smoothed = points[-1][0] > MEGABATCH
+        shown = megabatch_means(points) if smoothed else points
+        steps, losses = zip(*shown)
+        label = f"{name}: training" + (f" (mean of each {MEGABATCH} steps)" if smoothed else "")
+        (line,) = ax.plot(steps, losses, marker="o" if len(shown) < 30 else None, markersize=3, label=label)
+        evals = [(e["step"], e["eval_loss"]) for e in log if "eval_loss" in e]
+        if evals:
+            steps, losses = zip(*evals)
+            ax.plot(steps, losses, "--", color=line.get_color(), marker="x", label=f"{name}: validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (cross-entropy)")
+    ax.set_ylabel("loss (cross-entropy)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
     return fig

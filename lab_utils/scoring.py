@@ -24,16 +24,18 @@ if TYPE_CHECKING:
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
+# the lab's copy of the Hub's `rouge` metric (the same rouge_score computation), for `evaluate.load` without the Hub
+LOCAL_ROUGE_METRIC = str(PROJECT_ROOT / profile_defaults("offline")["rouge_metric"])
 _LOCAL_ROUGE = None
 
 
 def local_rouge() -> evaluate.EvaluationModule:
-    """The offline profile's ROUGE metric (`lab_utils/backstage/rouge_metric`), loaded once with `evaluate.load`."""
+    """The lab's ROUGE metric (`lab_utils/backstage/rouge_metric`), loaded once with `evaluate.load`."""
     global _LOCAL_ROUGE
     if _LOCAL_ROUGE is None:
         import evaluate
 
-        _LOCAL_ROUGE = evaluate.load(str(PROJECT_ROOT / profile_defaults("offline")["rouge_metric"]))
+        _LOCAL_ROUGE = evaluate.load(LOCAL_ROUGE_METRIC)
     return _LOCAL_ROUGE
 
 

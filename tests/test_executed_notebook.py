@@ -8,6 +8,7 @@ fails); elsewhere, plain `pytest` skips these tests with the reason.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from notebook import code_cells, output_text
@@ -132,3 +133,28 @@ def test_the_results_file_story_as_the_notebook_prints_it(cells):
     assert counts, table
     dialogues, *distinct = (int(x) for x in counts.groups())
     assert all(d >= 0.9 * dialogues for d in distinct[1:]), counts.group(0)
+
+
+MEMORY = re.compile(r"memory of this process: ([\d.]+) GB resident, ([\d.]+) GB at most so far")
+
+
+@pytest.mark.parametrize("cell_id", ["full-training-loss", "improvement-instruct", "lora-training-loss", "rouge-views"])
+def test_each_section_shows_the_process_s_memory_after_letting_go(cells, cell_id):
+    match = MEMORY.search(text(cells, cell_id))
+    assert match and 0 < float(match.group(1)) <= float(match.group(2))
+
+
+def test_the_notebook_lets_go_of_its_trainers_and_copies():
+    """The trainers (model copy + AdamW state) and the copies that only served a comparison are deleted in cells."""
+    from notebook import source
+
+    deleted = {
+        "full-training-loss": "del trainer",
+        "lora-training-loss": "del peft_trainer, peft_model",
+        "improvement-instruct": "del instruct_model",
+        "live-rouge-three": "del peft_inference_model",
+        "merge-check": "del merged_model",
+        "swap": "del served",
+    }
+    for cell_id, statement in deleted.items():
+        assert statement in source(cell_id), cell_id

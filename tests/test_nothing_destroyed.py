@@ -27,11 +27,12 @@ needs_dialogsum = pytest.mark.skipif(
 
 
 def snapshot(folder) -> dict[str, str]:
-    """Every file under `folder` (git's objects aside) with a hash of its bytes."""
+    """Every file under `folder` with a hash of its bytes (in the project: its sources, not git's objects, the
+    virtual environment or what the lab generates under data/)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and ".git" not in p.relative_to(folder).parts[:1] and ".venv" not in p.parts
+        if p.is_file() and p.relative_to(folder).parts[0] not in (".git", ".venv", "data", ".pytest_cache")
     }
 
 

@@ -59,3 +59,24 @@ def test_side_by_side_has_one_row_per_dialogue():
         {"human": "ref a1", "original": "oa", "peft": "pa"},
         {"human": "ref b1", "original": "ob", "peft": "pb"},
     ]
+
+
+def test_megabatch_means_remove_the_length_sawtooth_and_keep_the_trend():
+    from lab_utils.plots import megabatch_means
+
+    # losses that fall from long to short examples inside every 50 steps, over a slow downward trend
+    points = [(s, 3.0 - s / 500 + (1 - ((s - 1) % 50) / 50)) for s in range(1, 201)]
+    means = megabatch_means(points)
+    assert [s for s, _ in means] == [50, 100, 150, 200]
+    drops = [a - b for (_, a), (_, b) in zip(means, means[1:])]
+    assert all(abs(d - 0.1) < 1e-9 for d in drops)  # the trend (0.1 per 50 steps) and nothing of the sawtooth
+
+
+def test_loss_curves_show_the_validation_loss(tmp_path):
+    from lab_utils.plots import plot_loss_curves
+
+    log = [{"step": s, "loss": 2.0 - s / 100} for s in range(1, 101)] + [{"step": 50, "eval_loss": 1.6}]
+    fig = plot_loss_curves({"run": log}, path=tmp_path / "loss.png")
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["run: training (mean of each 50 steps)", "run: validation"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import copy
 import warnings
-from pathlib import Path
 
 import torch
 
+from ..devices import cpu_supports_bf16
 from ..errors import LabError
 
 INFERENCE_MODES = ("fp32", "int8", "bf16")
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        flags = ""
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        return True
-    if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
-        return True
-    if flags:  # Linux without the flags: bf16 would be emulated (slower than fp32)
-        return False
-    try:  # elsewhere, ask oneDNN
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class BF16Autocast(torch.nn.Module):

@@ -32,11 +32,21 @@ from pathlib import Path
 
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from ..config import Settings, looks_like_hub_id
+from ..devices import best_device, resolve_precision
 from ..errors import LabError
 from .generation_cache import GenerationCache
 from .local_s3 import local_s3_for
 from .publish import check_publish_target, upload_folder
-from .recipe import is_main_process, lora_config, make_trainer, recipe_identity, recipe_of, tokenize, training_arguments
+from .recipe import (
+    instructor_run_options,
+    is_main_process,
+    lora_config,
+    make_trainer,
+    recipe_identity,
+    recipe_of,
+    tokenize,
+    training_arguments,
+)
 
 # the settings each stage's result depends on (besides the original model's weights and the data)
 TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
@@ -202,9 +212,9 @@ def run_lock(root: Path):
 
 
 def remove_debris(root: Path) -> None:
-    """Remove what an interrupted run left half-written (`*.partial` folders, `*.tmp` files); the lock is held, so
-    no other instructor is writing them."""
-    for path in sorted([*root.glob("*.partial"), *root.glob("*.tmp"), *root.glob("stages/*.tmp")]):
+    """Remove the files an interrupted run left half-written (`*.tmp`); the lock is held, so no other instructor is
+    writing them. (A stage's `.partial` folder is resumed from, or removed, when the stage comes.)"""
+    for path in sorted([*root.glob("*.tmp"), *root.glob("stages/*.tmp")]):
         print(f"Removing {path.name}, left half-written by an interrupted run")
         _remove(path)
 
@@ -221,31 +231,105 @@ def check_losses(log_history: list[dict], what: str, setting: str) -> None:
                 )
 
 
-def _train_stage(model, tokenizer, train, out: Path, stage: Stage, settings: Settings):
-    """Train one stage with the notebook's recipe; rank 0 saves to `out` (via a temporary folder)."""
+def checkpoints_newest_first(trainer_dir: Path) -> list[Path]:
+    """The Trainer's `checkpoint-<step>` folders, newest first."""
+    found = [p for p in trainer_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: -int(p.name.split("-")[-1]))
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from (a file missing, truncated or unreadable), or None."""
+    import zipfile
+
+    from ..models import ADAPTER_WEIGHTS, MODEL_WEIGHTS, read_json, tensor_shapes
+
+    try:
+        read_json(folder / "trainer_state.json", "checkpoint", "")
+        weights = next((folder / n for n in (*MODEL_WEIGHTS, *ADAPTER_WEIGHTS) if (folder / n).is_file()), None)
+        if weights is None:
+            return "no weights file"
+        tensor_shapes(weights, "checkpoint", "")
+        for name in ("optimizer.pt", "scheduler.pt"):
+            with zipfile.ZipFile(folder / name) as archive:  # torch.save writes a zip: a torn one has no directory
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{name} is damaged ({bad})"
+    except (LabError, OSError, zipfile.BadZipFile) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def resume_point(trainer_dir: Path) -> Path | None:
+    """The newest whole checkpoint to resume from; a damaged newer one is set aside (`.damaged`) with a warning."""
+    for folder in checkpoints_newest_first(trainer_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        aside = folder.with_name(folder.name + ".damaged")
+        _remove(aside)
+        folder.rename(aside)
+        print(f"Warning: {folder.name} cannot be resumed from ({problem}); set it aside as {aside.name}", flush=True)
+    return None
+
+
+def _train_stage(model, tokenizer, data, out: Path, stage: Stage, settings: Settings, identity: dict, progress: bool):
+    """Train one stage with the notebook's recipe; rank 0 saves the best model by validation loss to `out`.
+
+    The Trainer saves a checkpoint every `LAB_SAVE_STEPS` steps under `<out>.partial/trainer/`; a run of the same
+    identity resumes from the newest whole one (same data order, optimizer, scheduler and random states), a run of
+    another identity starts over. The best checkpoint by validation loss (measured every `LAB_EVAL_STEPS` steps) is
+    what is saved; the checkpoints are removed once the stage is complete.
+    """
+    from .progress import StageProgress
 
     tmp = out.with_name(out.name + ".partial")
-    _remove(tmp)
-    what, lr, steps = stage.label, stage.lr(settings), stage.steps(settings)
-    print(f"Training the {what}: {steps} steps, learning rate {lr}, batch {settings.train_batch_size}", flush=True)
+    started = tmp / "identity.json"
+    if tmp.exists() and (not started.is_file() or json.loads(started.read_text(encoding="utf-8")) != identity):
+        _remove(tmp)  # half of a run with other settings: nothing to resume
+    tmp.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        write_json_atomic(started, identity)
     t0 = time.time()
-    args = training_arguments(settings, lr, tmp / "trainer", steps, logging_steps=max(1, steps // 50))
-    trainer = make_trainer(model, tokenizer, train, args)
-    trainer.train()
+    device, precision, steps = best_device(), identity["precision"], stage.steps(settings)
+    args = training_arguments(
+        settings,
+        stage.lr(settings),
+        tmp / "trainer",
+        steps,
+        logging_steps=max(1, min(settings.eval_steps, steps // 50)),
+        **instructor_run_options(settings, precision, progress),
+    )
+    trainer = make_trainer(model, tokenizer, data["train"], args, eval_dataset=data["validation"])
+    trainer.add_callback(StageProgress(stage.label, settings.train_batch_size, device, precision, progress))
+    resume = resume_point(tmp / "trainer")
+    if resume is not None:
+        print(f"Resuming the {stage.label} from {resume.name} (step {resume.name.split('-')[-1]} of {steps})")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if not trainer.is_world_process_zero():
         return  # data-parallel: the other processes helped train; rank 0 saves
-    check_losses(trainer.state.log_history, what, "LAB_" + stage.lr_setting.upper())
+    check_losses(trainer.state.log_history, stage.label, "LAB_" + stage.lr_setting.upper())
+    best = Path(trainer.state.best_model_checkpoint or "none").name
     _remove(tmp / "trainer")
+    model = trainer.model.to("cpu")
     if settings.offline:
         model.half()  # the offline release is committed to git: fp16 on disk, loaded as float32
     model.save_pretrained(tmp)
     if not stage.lora:  # a full checkpoint carries its tokenizer; an adapter is only the adapter
         tokenizer.save_pretrained(tmp)
     write_json_atomic(tmp / "train_log.json", trainer.state.log_history)
-    facts = {"world_size": args.world_size, "seconds": round(time.time() - t0), "recipe": recipe_of(args)}
+    facts = {
+        "world_size": args.world_size,
+        "seconds": round(time.time() - t0),
+        "recipe": recipe_of(args),
+        "device": device,
+        "precision": precision,
+        "best_checkpoint": best,
+        "best_eval_loss": trainer.state.best_metric,
+    }
     write_json_atomic(tmp / "train_facts.json", facts)
+    started.unlink()
     tmp.rename(out)
-    print(f"Saved the {what} to {out} ({time.time() - t0:.0f} s)", flush=True)
+    print(f"Saved the {stage.label} ({best}: the best validation loss) to {out} ({time.time() - t0:.0f} s)", flush=True)
 
 
 def _check_summaries(column: str, texts: list[str]) -> None:
@@ -274,12 +358,12 @@ def run_instructor(
     original, tokenizer = _load_original(settings)
     dataset = load_dialogsum(settings)
     if not is_main_process():
-        return _train_stages(settings, out, original, tokenizer, dataset)
+        return _train_stages(settings, out, original, tokenizer, dataset, progress)
     with run_lock(out):
         remove_debris(out)
         if upload:
             check_publish_target(settings)  # before hours of training, not after
-        _train_stages(settings, out, original, tokenizer, dataset)
+        _train_stages(settings, out, original, tokenizer, dataset, progress)
         _results_stage(settings, out, original, tokenizer, dataset["test"], progress, fast_inference)
         if upload:
             upload_folder(settings, out, PUBLISHED)
@@ -302,6 +386,8 @@ def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict
 
     base = {
         "original": original_fp,
+        "precision": resolve_precision(settings.precision, best_device()),
+        "validation": [settings.validation_rows, settings.eval_steps],  # they choose the best checkpoint
         "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
         **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
     }
@@ -317,7 +403,7 @@ def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict
     }
 
 
-def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset) -> Path:
+def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset, progress: bool = True) -> Path:
     from peft import get_peft_model
 
     from ..models import fingerprint
@@ -328,14 +414,17 @@ def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset) -
     for stage in TRAINED:
         folder = out / stage.folder
         if is_main_process() and stages.done(stage.name, [folder], ids[stage.name]):
+            _remove(folder.with_name(folder.name + ".partial"))  # debris of an interrupted run of another identity
             continue
         if not is_main_process() and stages.identity(stage.name) == ids[stage.name] and folder.exists():
             continue
         if stage.task not in tokenized:
             prompt = stage.prompt if stage.task != "summary" else None
-            tokenized[stage.task] = tokenize(dataset, tokenizer, settings, prompt=prompt, target=stage.task)["train"]
+            splits = tokenize(dataset, tokenizer, settings, prompt=prompt, target=stage.task)
+            rows = min(settings.validation_rows, len(splits["validation"]))  # the validation loss: the first rows
+            tokenized[stage.task] = {"train": splits["train"], "validation": splits["validation"].select(range(rows))}
         model = get_peft_model(copy.deepcopy(original), lora_config()) if stage.lora else copy.deepcopy(original)
-        _train_stage(model, tokenizer, tokenized[stage.task], folder, stage, settings)
+        _train_stage(model, tokenizer, tokenized[stage.task], folder, stage, settings, ids[stage.name], progress)
         if is_main_process():
             stages.complete(stage.name, [folder], ids[stage.name])
     return out
@@ -355,8 +444,10 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         "models": trained,
         "test": text_digest(test["id"], test["dialogue"], test["summary"], test["topic"]),
         "fast_inference": fast_inference,
+        "precision": resolve_precision(settings.precision, best_device()),
         **{k: getattr(settings, k) for k in GENERATION_SETTINGS},
     }
+    device = best_device() if fast_inference == "fp32" else "cpu"  # int8 and bf16 autocast are the CPU's speed-ups
     outputs = [out / RESULTS_FILE, out / TOPIC_RESULTS_FILE]
     stages = Stages(out)
     if stages.done("results", outputs, identity):
@@ -382,7 +473,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         print(f"Generating {name} summaries of the test set", flush=True)
         # each finished batch is on disk: a crash or kill resumes here instead of starting over
         columns[column] = summarize(
-            prepare_for_inference(make(), fast_inference),
+            prepare_for_inference(make().to(device), fast_inference),
             tokenizer,
             list(test["dialogue"]),
             settings,
@@ -393,7 +484,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         _check_summaries(column, columns[column])
     print("Generating the topic adapter's topics of the test set", flush=True)
     topics = summarize(
-        prepare_for_inference(adapter(TOPIC_CHECKPOINT), fast_inference),
+        prepare_for_inference(adapter(TOPIC_CHECKPOINT).to(device), fast_inference),
         tokenizer,
         list(test["dialogue"]),
         settings,

@@ -27,6 +27,23 @@ if TYPE_CHECKING:
 # what a run of the recipe may change without changing what it trains: where it writes, how long it runs, how often it
 # logs, and how its processes talk to each other (data-parallel runs under torchrun)
 RUN_FIELDS = ("output_dir", "logging_dir", "max_steps", "logging_steps", "run_name", "ddp_backend")
+# what only the instructor's long runs set (`instructor_run_options`): checkpoints to resume from, the validation loss
+# that picks the best one, mixed precision (recorded in the stage's identity as `precision`), progress on a terminal
+INSTRUCTOR_FIELDS = (
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "eval_strategy",
+    "do_eval",  # the Trainer derives it from eval_strategy
+    "eval_steps",
+    "per_device_eval_batch_size",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "bf16",
+    "fp16",
+    "disable_tqdm",
+)
 
 
 def tokenize(
@@ -60,12 +77,16 @@ def data_collator(tokenizer: PreTrainedTokenizerBase, model):
 
 
 def training_arguments(
-    settings: Settings, learning_rate: float, output_dir: str | Path, max_steps: int, logging_steps: int = 1
+    settings: Settings, learning_rate: float, output_dir: str | Path, max_steps: int, logging_steps: int = 1, **run
 ) -> Seq2SeqTrainingArguments:
     """Notebook 3.2 and 4.2: the course's recipe (weight decay 0.01), full fine-tuning and LoRA alike.
 
-    Under torchrun (several processes) the processes talk over NCCL on GPUs, gloo on CPUs.
+    `run` sets only how a run is carried out (`INSTRUCTOR_FIELDS`, from `instructor_run_options`). Under torchrun
+    (several processes) the processes talk over NCCL on GPUs, gloo on CPUs.
     """
+    unknown = sorted(set(run) - (set(INSTRUCTOR_FIELDS) - {"do_eval"}))
+    if unknown:
+        raise TypeError(f"training_arguments sets the recipe itself; a run may set only {INSTRUCTOR_FIELDS}: {unknown}")
     import torch
     from transformers import Seq2SeqTrainingArguments
 
@@ -81,11 +102,30 @@ def training_arguments(
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=logging_steps,
-        save_strategy="no",
         report_to="none",
         seed=settings.seed,
         ddp_backend=None if world_size() == 1 else ("nccl" if torch.cuda.is_available() else "gloo"),
+        **{"save_strategy": "no", **run},
     )
+
+
+def instructor_run_options(settings: Settings, precision: str, progress: bool) -> dict:
+    """How the instructor's long runs go: a checkpoint every `LAB_SAVE_STEPS` steps (the last two kept, and the best),
+    the validation loss every `LAB_EVAL_STEPS`, the best model by it at the end, `precision` mixed precision."""
+    return {
+        "save_strategy": "steps",
+        "save_steps": settings.save_steps,
+        "save_total_limit": 2,
+        "eval_strategy": "steps",
+        "eval_steps": settings.eval_steps,
+        "per_device_eval_batch_size": settings.eval_batch_size,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "disable_tqdm": not progress,
+    }
 
 
 def world_size() -> int:
@@ -107,18 +147,22 @@ def lora_config(r: int = 32) -> LoraConfig:
     )
 
 
-def make_trainer(model, tokenizer, train_dataset, args: Seq2SeqTrainingArguments) -> Seq2SeqTrainer:
-    """Notebook 3.2 and 4.2: the `Seq2SeqTrainer` over the tokenized training split."""
+def make_trainer(model, tokenizer, train_dataset, args: Seq2SeqTrainingArguments, eval_dataset=None) -> Seq2SeqTrainer:
+    """Notebook 3.2 and 4.2: the `Seq2SeqTrainer` over the tokenized training split (and the validation split)."""
     from transformers import Seq2SeqTrainer
 
     return Seq2SeqTrainer(
-        model=model, args=args, train_dataset=train_dataset, data_collator=data_collator(tokenizer, model)
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator(tokenizer, model),
     )
 
 
 def recipe_of(args: Seq2SeqTrainingArguments) -> dict:
     """The arguments that define what is trained, leaving out where the run writes, how long it runs and logs."""
-    return {k: v for k, v in args.to_dict().items() if k not in RUN_FIELDS}
+    return {k: v for k, v in args.to_dict().items() if k not in RUN_FIELDS + INSTRUCTOR_FIELDS}
 
 
 # how a run is carried out, not what it trains: left out of a stage's identity (test_models shows that gradient
