@@ -259,12 +259,15 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def resume_point(trainer_dir: Path) -> Path | None:
-    """The newest whole checkpoint to resume from; a damaged newer one is set aside (`.damaged`) with a warning."""
+def resume_point(trainer_dir: Path, set_aside: bool = True) -> Path | None:
+    """The newest whole checkpoint to resume from; a damaged newer one is set aside (`.damaged`) with a warning
+    (by the main process; the others only skip it)."""
     for folder in checkpoints_newest_first(trainer_dir):
         problem = checkpoint_problem(folder)
         if problem is None:
             return folder
+        if not set_aside:
+            continue
         aside = folder.with_name(folder.name + ".damaged")
         _remove(aside)
         folder.rename(aside)
@@ -284,14 +287,9 @@ def _train_stage(model, tokenizer, data, out: Path, stage: Stage, settings: Sett
 
     tmp = out.with_name(out.name + ".partial")
     started = tmp / "identity.json"
-    if tmp.exists() and (not started.is_file() or json.loads(started.read_text(encoding="utf-8")) != identity):
-        _remove(tmp)  # half of a run with other settings: nothing to resume
-    tmp.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        write_json_atomic(started, identity)
     t0 = time.time()
     device, precision, steps = best_device(), identity["precision"], stage.steps(settings)
-    args = training_arguments(
+    args = training_arguments(  # under torchrun this also joins the processes' group
         settings,
         stage.lr(settings),
         tmp / "trainer",
@@ -299,9 +297,15 @@ def _train_stage(model, tokenizer, data, out: Path, stage: Stage, settings: Sett
         logging_steps=max(1, min(settings.eval_steps, steps // 50)),
         **instructor_run_options(settings, precision, progress),
     )
+    with args.main_process_first(desc="the stage's checkpoints"):  # rank 0 tidies them, then every rank reads them
+        if is_main_process():
+            if tmp.exists() and (not started.is_file() or json.loads(started.read_text(encoding="utf-8")) != identity):
+                _remove(tmp)  # half of a run with other settings: nothing to resume
+            tmp.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(started, identity)
+        resume = resume_point(tmp / "trainer", set_aside=is_main_process())
     trainer = make_trainer(model, tokenizer, data["train"], args, eval_dataset=data["validation"])
     trainer.add_callback(StageProgress(stage.label, settings.train_batch_size, device, precision, progress))
-    resume = resume_point(tmp / "trainer")
     if resume is not None:
         print(f"Resuming the {stage.label} from {resume.name} (step {resume.name.split('-')[-1]} of {steps})")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -224,3 +224,21 @@ def local_s3_for(settings):
     if _LOCAL_S3 is None:
         _LOCAL_S3 = start_local_s3()
     return _LOCAL_S3
+
+
+def main() -> None:
+    """`python -m lab_utils.backstage.local_s3`: a local S3 server that stays up (Ctrl-C ends it), for commands run
+    in other terminals: it prints the variables that point them at it."""
+    with LocalS3() as server:
+        print("Local S3 server on 127.0.0.1; in the other terminals:")
+        for name, value in server.env().items():
+            print(f"  export {name}={value}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped")
+
+
+if __name__ == "__main__":
+    main()
