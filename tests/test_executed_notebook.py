@@ -138,7 +138,7 @@ def test_the_results_file_story_as_the_notebook_prints_it(cells):
 MEMORY = re.compile(r"memory of this process: ([\d.]+) GB resident, ([\d.]+) GB at most so far")
 
 
-@pytest.mark.parametrize("cell_id", ["full-training-loss", "improvement-instruct", "lora-training-loss", "rouge-views"])
+@pytest.mark.parametrize("cell_id", ["memory-full", "memory-3", "memory-lora", "memory-5", "memory-7"])
 def test_each_section_shows_the_process_s_memory_after_letting_go(cells, cell_id):
     match = MEMORY.search(text(cells, cell_id))
     assert match and 0 < float(match.group(1)) <= float(match.group(2))
