@@ -22,7 +22,6 @@ EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
 
 def is_executed_notebook(path: Path) -> bool:
     """True for a notebook `run` wrote earlier (papermill records itself in its metadata): one it may replace."""
-
     try:
         return "papermill" in json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
     except (OSError, ValueError, AttributeError):

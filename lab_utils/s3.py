@@ -190,8 +190,9 @@ def _translate(exc: BaseException, client, uri: str, *, local: Path | None = Non
         return LabError(f"No (complete) AWS credentials were found to access {uri}.", CREDENTIALS_FIX)
     if isinstance(exc, _UNREACHABLE):
         return _unreachable_error(client, uri, exc)
-    if disk_error(exc, local) is not None:
-        return disk_error(exc, f"{local or Path('.')} (from {uri})", "then run this cell again")
+    disk = disk_error(exc, f"{local or Path('.')} (from {uri})", "then run this cell again")
+    if disk is not None:
+        return disk
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code"))

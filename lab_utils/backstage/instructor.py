@@ -423,8 +423,7 @@ def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset, p
         if not is_main_process() and stages.identity(stage.name) == ids[stage.name] and folder.exists():
             continue
         if stage.task not in tokenized:
-            prompt = stage.prompt if stage.task != "summary" else None
-            splits = tokenize(dataset, tokenizer, settings, prompt=prompt, target=stage.task)
+            splits = tokenize(dataset, tokenizer, settings, prompt=stage.prompt, target=stage.task)
             rows = min(settings.validation_rows, len(splits["validation"]))  # the validation loss: the first rows
             tokenized[stage.task] = {"train": splits["train"], "validation": splits["validation"].select(range(rows))}
         model = get_peft_model(copy.deepcopy(original), lora_config()) if stage.lora else copy.deepcopy(original)
