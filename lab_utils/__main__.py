@@ -13,6 +13,7 @@ from pathlib import Path
 from .backstage.bench import main as bench_main  # the benchmark has its own options
 from .backstage.summarize_cli import summarize_command
 from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
+from .engines import ENGINES
 from .errors import LabError, disk_error
 from .outputs import check_output_dir, check_output_file
 
@@ -141,9 +142,9 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--topic-steps", type=steps, help="training steps of the topic adapter")
     ins.add_argument(
         "--fast-inference",
-        choices=["fp32", "int8", "bf16"],
+        choices=ENGINES,
         default="fp32",
-        help="generate the results file with int8 dynamic quantization or bf16 autocast (CPU)",
+        help="the engine that generates the results file: PyTorch fp32, int8 or bf16 autocast, or CTranslate2 (CPU)",
     )
     rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
@@ -168,6 +169,13 @@ def parser() -> argparse.ArgumentParser:
     summ.add_argument("--column", default="dialogue", help="the CSV column holding the dialogues")
     summ.add_argument("--encoding", help="the input's encoding, e.g. cp1252 (default: UTF-8, or its byte-order mark)")
     summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
+    summ.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="fp32",
+        help="what generates: PyTorch (fp32, int8, bf16) or CTranslate2 (int8, or ctranslate2-fp32), converted once "
+        "and cached next to the model or adapter (an adapter is merged first)",
+    )
     sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
     return p
 

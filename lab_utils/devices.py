@@ -72,4 +72,7 @@ def autocast(device: str, precision: str):
 
 def device_of(model) -> str:
     """The device type ("cpu", "cuda") a model's weights are on."""
-    return next(model.parameters()).device.type
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:  # a served engine (CTranslate2) holds buffers only
+        tensor = next(iter(model.buffers()))
+    return tensor.device.type

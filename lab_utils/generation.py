@@ -71,7 +71,7 @@ def generate_batches(
     skip: Collection[int] = (),
 ) -> Iterator[tuple[int, list[str]]]:
     """(batch number, its summaries) for each batch not in `skip`, generated under `torch.inference_mode()`."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     with torch.inference_mode():
         for b, idx in enumerate(batches):
             if b in skip:

@@ -42,14 +42,7 @@ def fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         h.update(name.encode())
-        # int8-quantized models keep packed (tensor, bias) tuples and dtypes in their state dict
-        for item in value if isinstance(value, tuple | list) else (value,):
-            if isinstance(item, torch.Tensor):
-                t = item.detach().cpu()
-                t = torch.cat([t.int_repr().flatten().float(), torch.tensor([t.q_scale()])]) if t.is_quantized else t
-                h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-            else:
-                h.update(repr(item).encode())
+        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

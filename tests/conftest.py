@@ -128,3 +128,43 @@ def standin_dir(tokenizer, tmp_path_factory):
         model.lm_head.weight[tokenizer.eos_token_id] = 0
     model.save_pretrained(folder)
     return folder
+
+
+def trained_adapter(model, folder, seed: int, std: float = 0.3):
+    """A LoRA adapter whose B matrices are random (as after training), saved to `folder`."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+
+    from lab_utils.backstage.recipe import lora_config
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=std)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def served(standin_dir, tmp_path, monkeypatch):
+    """The summarize command's environment on the tiny stand-in (the original model), with an adapter and a merged
+    model (saved without a tokenizer: the command then reads the original model's)."""
+    import copy
+
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))
+    monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("LAB_MAX_NEW_TOKENS", "10")
+    monkeypatch.setenv("LAB_NO_REPEAT_NGRAM_SIZE", "0")
+    base = AutoModelForSeq2SeqLM.from_pretrained(standin_dir)
+    adapter = trained_adapter(base, tmp_path / "adapter", seed=5)
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter).merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    return {"base": base, "adapter": adapter, "merged": tmp_path / "merged", "tmp": tmp_path}

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
-import torch
-from conftest import SETTINGS
 
 from lab_utils.backstage import bench
-from lab_utils.backstage.inference import BF16Autocast, cpu_supports_bf16, prepare_for_inference
+from lab_utils.backstage.bench.f_inference_modes import measure_release_rouge
+from lab_utils.backstage.bench.h_engines import bytes_per_step
 from lab_utils.config import PROJECT_ROOT
-from lab_utils.errors import LabError
-from lab_utils.generation import summarize
-from lab_utils.models import fingerprint
+from lab_utils.engines import cpu_supports_bf16
 
 GEN = {"max_new_tokens": 4, "min_new_tokens": 4, "num_beams": 1, "do_sample": False}
 
@@ -50,10 +46,12 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     # (g)'s memory above the imports is noise for the smoke test's tiny models: it may be 0 or below
     noise = {"adapters_mb", "merged_mb", "memory_ratio"}
     numbers = {
-        p: {k: v for k, v in report[p].items() if k != "standin" and (p != "g" or k not in noise)} for p in bench.PARTS
+        p: {k: v for k, v in report[p].items() if k not in ("standin", "release") and (p != "g" or k not in noise)}
+        for p in bench.PARTS
+        if p != "h"
     }
     _positive_numbers(numbers)
-    a, b, c, d, e, f, g = (report[p] for p in bench.PARTS)
+    a, b, c, d, e, f, g, h = (report[p] for p in bench.PARTS)
     assert a["rows"] == 6 and a["dialogues"] == 2
     if not b["bf16_supported"]:
         assert b["bf16_speedup"] is None and "bf16 training skipped" in proc.stdout
@@ -66,8 +64,19 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     assert ck["lora_activations_mb"] < c["lora_activations_mb"]
     assert g["adapters"] == 2 and {"adapters_mb", "merged_mb", "unmerged_s", "merged_s", "original_s"} <= set(g)
     assert set(report["part_s"]) == set(bench.PARTS)
+    assert h["bandwidth_bytes_per_s"] > 0 and h["dialogues"] == 4
+    for engine in ("fp32", "int8", "ctranslate2-fp32", "ctranslate2"):
+        assert h[engine]["s"] > 0 and h[engine]["bytes_per_step"] > 0 and h[engine]["tokens_per_s"] > 0
+    assert {"int8_speedup", "ctranslate2_fp32_speedup", "ctranslate2_speedup"} <= set(h)
     keys = [(t["part"], t["key"]) for t in report["targets"]]
-    assert keys == [("a", "speedup"), ("b", "speedup"), ("c", "memory_ratio"), ("c", "memory_ratio_checkpointing")]
+    assert keys == [
+        ("a", "speedup"),
+        ("b", "speedup"),
+        ("c", "memory_ratio"),
+        ("c", "memory_ratio_checkpointing"),
+        ("h", "ctranslate2_speedup"),
+    ]
+    assert all(t["source"] for t in report["targets"])
 
 
 def test_bench_rejects_unknown_part(capsys):
@@ -75,64 +84,60 @@ def test_bench_rejects_unknown_part(capsys):
     assert "unknown part(s) z" in capsys.readouterr().err
 
 
-def test_int8_is_a_quantized_copy(tiny_model, tokenizer):
-    before = fingerprint(tiny_model)
-    quantized = prepare_for_inference(tiny_model, "int8")
-    assert quantized is not tiny_model
-    dynamic = torch.ao.nn.quantized.dynamic.Linear
-    assert any(isinstance(m, dynamic) for m in quantized.modules())
-    assert not any(isinstance(m, dynamic) for m in tiny_model.modules())
-    assert fingerprint(tiny_model) == before
-    assert tiny_model.training  # the caller's mode is untouched too
-    out = summarize(quantized, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."], SETTINGS, GEN, progress=False)
-    assert len(out) == 1 and isinstance(out[0], str)
-
-
-def test_fp32_is_the_model_itself(tiny_model):
-    assert prepare_for_inference(tiny_model, "fp32") is tiny_model
-
-
-def test_unknown_mode_names_the_valid_ones(tiny_model):
-    with pytest.raises(LabError, match="fp32, int8, bf16"):
-        prepare_for_inference(tiny_model, "fp16")
-
-
-def test_bf16_falls_back_with_a_warning(tiny_model, monkeypatch):
-    monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: False)
-    with pytest.warns(UserWarning, match="no bf16 instructions"):
-        assert prepare_for_inference(tiny_model, "bf16") is tiny_model
-
-
-def test_bf16_wrapper_generates_under_autocast(tiny_model, tokenizer, monkeypatch):
-    monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: True)
-    before = fingerprint(tiny_model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback warning when supported
-        wrapped = prepare_for_inference(tiny_model, "bf16")
-    assert isinstance(wrapped, BF16Autocast)
-    assert wrapped.config is tiny_model.config  # attributes pass through
-    assert list(wrapped.parameters())[0] is list(tiny_model.parameters())[0]
-    wrapped.eval()
-    assert not wrapped.training and not tiny_model.training
-    out = summarize(wrapped, tokenizer, ["#Person1#: Hello.\n#Person2#: Hi."] * 2, SETTINGS, GEN, progress=False)
-    assert len(out) == 2
-    assert fingerprint(tiny_model) == before
-    assert isinstance(cpu_supports_bf16(), bool)
-
-
-def test_standin_rouge_compares_modes(tiny_model, tokenizer, data_dir, tmp_path):
+def test_release_rouge_compares_engines(tiny_model, tokenizer, data_dir, tmp_path):
     from lab_utils.data import first_dialogue_rows, load_dialogsum_csv
 
     tiny_model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     rows = first_dialogue_rows(load_dialogsum_csv(data_dir)["test"], 2)
-    r = bench.measure_standin_rouge(
-        str(tmp_path / "model"),
-        str(tmp_path / "model"),
-        list(rows["dialogue"]),
-        list(rows["summary"]),
-        max_new_tokens=6,
+    engines = ["fp32", "int8", "ctranslate2"] + (["bf16"] if cpu_supports_bf16() else [])
+    r = measure_release_rouge(
+        str(tmp_path / "model"), str(tmp_path / "model"), list(rows["dialogue"]), list(rows["summary"]), engines
     )
     assert r["rows"] == 6 and r["dialogues"] == 2
-    for mode in ["fp32", "int8"] + (["bf16"] if cpu_supports_bf16() else []):
+    for mode in engines:
         assert set(r[f"{mode}_rouge"]) >= {"rouge1", "rouge2", "rougeL"}
+
+
+def test_every_part_is_a_module_that_asks_its_question():
+    for part, module in bench.MODULES.items():
+        first = module.__doc__.strip().splitlines()[0]
+        assert first.startswith(f"({part}) ") and "?" in module.__doc__.split("\n\n")[0], part
+        assert callable(module.run) and callable(module.summary) and module.TITLE
+
+
+def test_every_goal_is_stated_in_the_docs():
+    """The targets the benchmark prints are the lab's goals, written in docs/benchmark.md, not numbers of its own."""
+    docs = (PROJECT_ROOT / "docs" / "benchmark.md").read_text()
+    goals = docs.split("## The lab's goals", 1)[1].split("\n## ", 1)[0]
+    for module in bench.MODULES.values():
+        for goal in module.GOALS:
+            assert goal.source in goals, goal.source
+            assert f"{goal.threshold:g}x" in goal.source
+
+
+def test_docs_list_the_parts_in_order():
+    docs = (PROJECT_ROOT / "docs" / "benchmark.md").read_text()
+    positions = [docs.index(f"- ({p})") for p in bench.PARTS]
+    assert positions == sorted(positions)
+    for p in bench.PARTS:
+        assert f"| ({p})" in docs, p  # each part has figures in the last run's table
+
+
+def test_bytes_per_step_of_flan_t5_base():
+    """What a greedy step of flan-t5-base reads: 123.8M decoder weights (+ lm_head), fp32 or int8, plus the caches."""
+    from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
+
+    lengths = [500] * 8 + [200] * 8
+    fp32 = bytes_per_step(dict(FLAN_T5_BASE_CONFIG), "fp32", lengths, new_tokens=48)
+    int8 = bytes_per_step(dict(FLAN_T5_BASE_CONFIG), "ctranslate2", lengths, new_tokens=48)
+    # 12 layers x (self q,k,v,o + cross q,o: 6 x 768^2, gated feed-forward: 3 x 768 x 2048) + lm_head 768 x 32,128
+    assert fp32["decoder_weights"] == 12 * (6 * 768 * 768 + 3 * 768 * 2048) + 768 * 32128
+    # CTranslate2 decodes 16 prompts in two sub-batches of 8: it reads its int8 weights twice per step, and each
+    # sub-batch's prompts padded to its own longest
+    assert int8["passes"] == 2 and fp32["passes"] == 1
+    assert fp32["weight_bytes"] == 4 * fp32["decoder_weights"] and int8["weight_bytes"] == 2 * fp32["decoder_weights"]
+    per_position = 12 * 2 * 768 * 4
+    assert fp32["cross_attention_bytes"] == 16 * 500 * per_position
+    assert int8["cross_attention_bytes"] == (8 * 500 + 8 * 200) * per_position
+    assert fp32["self_attention_bytes"] == int8["self_attention_bytes"] == 16 * 24.5 * per_position

@@ -68,9 +68,9 @@ def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model
                 if "lora_B" in name:
                     p.normal_(std=0.5)
     elif wrap == "bf16":
-        from lab_utils.backstage.inference import prepare_for_inference
+        from lab_utils.engines import prepare_for_inference
 
-        monkeypatch.setattr("lab_utils.backstage.inference.cpu_supports_bf16", lambda: True)
+        monkeypatch.setattr("lab_utils.engines.cpu_supports_bf16", lambda: True)
         model = prepare_for_inference(tiny_model, "bf16")
     test = list(dict.fromkeys(load_dialogsum_csv(data_dir)["test"]["dialogue"]))
     lines = [line for d in test for line in d.splitlines()]

@@ -53,6 +53,9 @@ def test_no_cell_failed(cells):
         ("lora-training-args", "Seq2SeqTrainer("),
         ("load-adapter", "PeftModel.from_pretrained(copy.deepcopy(original_model), peft_dir, is_trainable=False)"),
         ("merge", ".merge_and_unload()"),
+        ("ct2-convert", "ctranslate2.converters.TransformersConverter(str(merged_dir)).convert("),
+        ("ct2-convert", "ctranslate2.Translator("),
+        ("ct2-convert", "translator.translate_batch("),
         ("swap", '.load_adapter(topic_dir, adapter_name="topic", is_trainable=False)'),
         ("swap", '.set_adapter("summary")'),
         ("swap", '.set_adapter("topic")'),
@@ -115,6 +118,23 @@ def test_section_6_merge_swap_and_serving(cells):
     assert all(0 < r < 1 for r in ratios), table
 
 
+def test_section_6_ctranslate2_serves_the_merged_model(cells):
+    """The converted merged model summarizes the test dialogue, and agrees with PyTorch's generate on the test
+    dialogues of 5.2 (identical, or how many differ with the ROUGE change), with both times and the speed-up."""
+    import re
+
+    summary = text(cells, "ct2-convert").split("CTRANSLATE2 SUMMARY:", 1)[1].splitlines()[0]
+    assert summary.strip()
+    assert re.search(r"on disk: [\d.]+ [kMG]?B converted, [\d.]+ [kMG]?B merged", text(cells, "ct2-convert"))
+    check = text(cells, "ct2-compare")
+    agreement = re.search(
+        r"summaries: (identical for all (\d+) dialogues|(\d+) of (\d+) dialogues differ, ROUGE-1 change [+-][\d.]+)",
+        check,
+    )
+    assert agreement, check
+    assert re.search(r"time: PyTorch [\d.]+ s, CTranslate2 [\d.]+ s: [\d.]+x faster", check), check
+
+
 def test_the_results_file_story_as_the_notebook_prints_it(cells):
     """Section 5.3 as a learner reads it: the fine-tuned models beat the best constant summary on ROUGE-1/2/L and
     write distinct summaries for >= 90% of the test dialogues (a model that ignores its input could not)."""
@@ -155,6 +175,7 @@ def test_the_notebook_lets_go_of_its_trainers_and_copies():
         "live-rouge-three": "del peft_inference_model",
         "merge-check": "del merged_model",
         "swap": "del served",
+        "ct2-compare": "del translator",
     }
     for cell_id, statement in deleted.items():
         assert statement in source(cell_id), cell_id

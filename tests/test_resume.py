@@ -168,7 +168,7 @@ def test_a_damaged_cache_line_is_set_aside_and_generation_redone(tiny_model, tok
 
 
 def test_int8_generation_can_use_the_cache(tiny_model, tokenizer, data_dir, tmp_path):
-    from lab_utils.backstage.inference import prepare_for_inference
+    from lab_utils.engines import prepare_for_inference
     from lab_utils.models import fingerprint
 
     quantized = prepare_for_inference(tiny_model, "int8")

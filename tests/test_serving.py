@@ -8,11 +8,10 @@ import json
 
 import pytest
 import torch
-from conftest import SETTINGS
-from peft import PeftModel, get_peft_model
+from conftest import SETTINGS, trained_adapter
+from peft import PeftModel
 
 from lab_utils.__main__ import main
-from lab_utils.backstage.recipe import lora_config
 from lab_utils.generation import summarize
 from lab_utils.models import count_parameters, fingerprint
 
@@ -22,18 +21,6 @@ DIALOGUES = [
     "#Person1#: Shall we have dinner at the new restaurant?\n#Person2#: Yes, I will book a table for eight.",
 ]
 GEN = {"max_new_tokens": 10, "num_beams": 1, "do_sample": False}
-
-
-def trained_adapter(model, folder, seed: int, std: float = 0.3):
-    """A LoRA adapter whose B matrices are random (as after training), saved to `folder`."""
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=std)
-    peft_model.save_pretrained(folder)
-    return folder
 
 
 def with_adapter(model, folder, tokenizer) -> list[str]:
@@ -124,22 +111,6 @@ def test_adapter_configs_with_fields_of_other_peft_versions_load(extra, tiny_mod
 
 
 # --- the summarize command ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def served(tiny_model, tokenizer, standin_dir, tmp_path, monkeypatch):
-    """The environment of `python -m lab_utils summarize` on the tiny stand-in, with an adapter and a merged model."""
-    from transformers import AutoModelForSeq2SeqLM
-
-    monkeypatch.setenv("LAB_PROFILE", "offline")
-    monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))
-    monkeypatch.setenv("LAB_MAX_NEW_TOKENS", "10")
-    monkeypatch.setenv("LAB_NO_REPEAT_NGRAM_SIZE", "0")
-    base = AutoModelForSeq2SeqLM.from_pretrained(standin_dir)
-    adapter = trained_adapter(base, tmp_path / "adapter", seed=5)
-    merged = PeftModel.from_pretrained(copy.deepcopy(base), adapter).merge_and_unload()
-    merged.save_pretrained(tmp_path / "merged")
-    return {"base": base, "adapter": adapter, "merged": tmp_path / "merged"}
 
 
 def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path, capsys, monkeypatch):

@@ -351,8 +351,8 @@ def run_instructor(
 ) -> Path:
     """Train, evaluate on the full test set, and (optionally) publish; returns the run folder.
 
-    `fast_inference` ("fp32", "int8" or "bf16") speeds up the test-set generation on CPUs (see the benchmark
-    command for its measured speed and ROUGE cost).
+    `fast_inference` (an engine of `engines.ENGINES`: "int8", "bf16", "ctranslate2", ...) speeds up the test-set
+    generation on CPUs (`bench --only f,h` measures its speed and ROUGE cost); it is part of the results' identity.
     """
     from ..data import load_dialogsum
 
@@ -437,10 +437,10 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
+    from ..engines import prepare_for_inference
     from ..generation import summarize
     from ..models import check_adapter_dir, check_model_dir, fingerprint
     from ..results_file import RESULTS_COLUMNS, write_results_file
-    from .inference import prepare_for_inference
 
     trained = {stage.folder: json.dumps(Stages(out).identity(stage.name), sort_keys=True) for stage in TRAINED}
     identity = {
@@ -450,7 +450,8 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         "precision": resolve_precision(settings.precision, best_device()),
         **{k: getattr(settings, k) for k in GENERATION_SETTINGS},
     }
-    device = best_device() if fast_inference == "fp32" else "cpu"  # int8 and bf16 autocast are the CPU's speed-ups
+    # int8, bf16 autocast and CTranslate2 are the CPU's speed-ups
+    device = best_device() if fast_inference == "fp32" else "cpu"
     outputs = [out / RESULTS_FILE, out / TOPIC_RESULTS_FILE]
     stages = Stages(out)
     if stages.done("results", outputs, identity):
@@ -476,7 +477,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         print(f"Generating {name} summaries of the test set", flush=True)
         # each finished batch is on disk: a crash or kill resumes here instead of starting over
         columns[column] = summarize(
-            prepare_for_inference(make().to(device), fast_inference),
+            prepare_for_inference(make().to(device), fast_inference, tokenizer),
             tokenizer,
             list(test["dialogue"]),
             settings,
@@ -487,7 +488,7 @@ def _results_stage(settings: Settings, out: Path, original, tokenizer, test, pro
         _check_summaries(column, columns[column])
     print("Generating the topic adapter's topics of the test set", flush=True)
     topics = summarize(
-        prepare_for_inference(adapter(TOPIC_CHECKPOINT).to(device), fast_inference),
+        prepare_for_inference(adapter(TOPIC_CHECKPOINT).to(device), fast_inference, tokenizer),
         tokenizer,
         list(test["dialogue"]),
         settings,

@@ -1,8 +1,8 @@
-"""`python -m lab_utils summarize [--adapter DIR | --merged DIR] [FILE|-]`: summaries from the command line.
+"""`python -m lab_utils summarize [--adapter DIR | --merged DIR] [--engine E] [FILE|-]`: summaries, on the command line.
 
 Dialogues come from a text file (separated by a blank line), a CSV column, or standard input; they are summarized in
 batches with the lab's prompt and generation settings by the original model, the original model with a LoRA adapter,
-or a full model folder (a merged adapter, the instruct model).
+or a full model folder (a merged adapter, the instruct model), on PyTorch or on CTranslate2 (`engines.ENGINES`).
 """
 
 from __future__ import annotations
@@ -143,9 +143,8 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
 
     if merged:
         folder = check_model_dir(merged, fix="give a folder saved with save_pretrained (a merged or full model)")
-        tokenizer_source = folder if (Path(folder) / "tokenizer_config.json").is_file() else settings.model_path_or_id
         model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32)
-        return model, AutoTokenizer.from_pretrained(tokenizer_source)
+        return model, AutoTokenizer.from_pretrained(tokenizer_source(settings, folder))
     model = AutoModelForSeq2SeqLM.from_pretrained(settings.model_path_or_id, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path_or_id)
     if adapter:
@@ -156,6 +155,72 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
     return model, tokenizer
 
 
+def tokenizer_source(settings: Settings, folder: str | Path) -> str | Path:
+    """A model folder's own tokenizer when it saved one, else the original model's."""
+    return folder if (Path(folder) / "tokenizer_config.json").is_file() else settings.model_path_or_id
+
+
+def ctranslate2_cache(settings: Settings, source: str | Path, suffix: str) -> Path:
+    """Where the CTranslate2 conversion of `source` is kept: next to it (`<source><suffix>`), or under the lab's
+    work folder when that place is not the user's to write (the committed release, a Hub id, a read-only folder)."""
+    from ..engines import not_a_ct2_folder
+    from ..outputs import check_output_dir, user_path
+
+    source = Path(source)
+    if source.is_dir():
+        sibling = user_path(source.with_name(source.name + suffix))
+        try:
+            return check_output_dir(sibling, not_a_ct2_folder, "the CTranslate2 cache")
+        except LabError:
+            pass
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(source).strip("/"))
+    return settings.path(settings.work_dir) / "ctranslate2" / (name[-80:] + suffix)
+
+
+def load_ctranslate2_for_serving(
+    settings: Settings, engine: str, adapter: str | None = None, merged: str | None = None
+):
+    """(CTranslate2 model, tokenizer) for a merged/full model folder, the original model with an adapter (merged
+    first), or the original model: converted once, cached next to the source, converted again when it changes."""
+    from transformers import AutoTokenizer
+
+    from ..engines import CT2_QUANTIZATION, cached_ctranslate2, convert_to_ctranslate2, folder_digest
+    from ..models import check_adapter_dir, check_model_dir
+
+    quantization = CT2_QUANTIZATION[engine]
+    base = settings.model_path_or_id
+    if merged:
+        source = check_model_dir(merged, fix="give a folder saved with save_pretrained (a merged or full model)")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(settings, source))
+        digests = [source]
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        source = Path(adapter) if adapter else base
+        digests = [Path(p) for p in (adapter, base) if p and Path(p).is_dir()]
+    digest = folder_digest(*digests, extra=f"{engine} {base if not merged else ''}")
+    suffix = (".merged" if adapter else "") + f".ctranslate2-{quantization}"
+
+    def build(out: Path):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
+            if merged and (Path(source) / "tokenizer_config.json").is_file():
+                convert_to_ctranslate2(source, out, quantization)
+                return
+            model, _ = load_for_serving(settings, None, merged)
+            if adapter:
+                from peft import PeftModel
+
+                check_adapter_dir(adapter, model, settings.model_id, fix="give the folder of a LoRA adapter for it")
+                model = PeftModel.from_pretrained(model, adapter, is_trainable=False).merge_and_unload()
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            convert_to_ctranslate2(tmp, out, quantization)
+
+    cache = ctranslate2_cache(settings, source, suffix)
+    return cached_ctranslate2(Path(source), digest, build, cache, tokenizer, quantization), tokenizer
+
+
 def summarize_command(settings: Settings, args) -> None:
     """`python -m lab_utils summarize`: read dialogues, summarize them in batches, print or write a CSV."""
     from ..generation import summarize
@@ -163,7 +228,14 @@ def summarize_command(settings: Settings, args) -> None:
     # the output first: a bad path costs nothing, and the input is never overwritten
     output = args.output and check_output_file(args.output, [args.input], is_summaries_csv, "the output (--output)")
     dialogues = read_dialogues(args.input, args.column, args.encoding)
-    model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
+    engine = getattr(args, "engine", "fp32")
+    if engine.startswith("ctranslate2"):
+        model, tokenizer = load_ctranslate2_for_serving(settings, engine, args.adapter, args.merged)
+    else:
+        from ..engines import prepare_for_inference
+
+        model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
+        model = prepare_for_inference(model, engine)
     summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
     if output:
         tmp = output.with_name(output.name + ".tmp")  # written whole, then renamed: a crash leaves no half file
