@@ -39,7 +39,7 @@ def test_bench_smoke_writes_every_part(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for part in bench.PARTS:
         assert f"[{part}]" in proc.stdout  # a progress line before each part
-    assert "Targets:" in proc.stdout and "Machine:" in proc.stdout
+    assert "Targets (the lab's goals, docs/benchmark.md" in proc.stdout and "Machine:" in proc.stdout
     report = json.loads(out.read_text())
     for part in bench.PARTS:
         assert part in report, part
