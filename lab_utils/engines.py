@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .devices import cpu_supports_bf16
+from .devices import cpu_supports_bf16, device_of
 from .errors import LabError
 
 ENGINES = ("fp32", "int8", "bf16", "ctranslate2", "ctranslate2-fp32")
@@ -68,8 +68,9 @@ class Int8Linear(torch.nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The int8 weights (transposed): what code reading `layer.weight.dtype` (T5's feed-forward) should see."""
-        return self.weight_int8
+        """The int8 weights, (out, in) as `nn.Linear`'s: what code reading `layer.weight` (T5's feed-forward checks
+        its dtype) sees. A view of the stored (in, out) copy that the matmul reads."""
+        return self.weight_int8.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
@@ -85,8 +86,14 @@ class Int8Linear(torch.nn.Module):
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """An int8 copy of `model`: every `nn.Linear` replaced by an `Int8Linear` (the model itself is not changed)."""
-    quantized = copy.deepcopy(model).eval()
+    """An int8 copy of `model`: every `nn.Linear` replaced by an `Int8Linear` (the model itself is not changed).
+
+    A `PeftModel` is merged first (on the copy): quantized LoRA matrices would cast the layer's input to int8 and
+    round the adapter's contribution away. CPU only (`torch._int_mm` on a GPU needs more than 16 rows).
+    """
+    if device_of(model) != "cpu":
+        raise LabError("int8 runs on the CPU", "move the model to the CPU first (model.to('cpu')), or use fp32")
+    quantized = (_merged(model) if hasattr(model, "merge_and_unload") else copy.deepcopy(model)).eval()
     for module in list(quantized.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
@@ -167,10 +174,11 @@ class CTranslate2Model(torch.nn.Module):
     """A CTranslate2 `Translator` behind a transformers-like `generate(input_ids, attention_mask, ...)`.
 
     It takes the token ids `summarize` prepares (padding dropped by the attention mask) and returns the generated
-    ids padded with the pad token, as `generate` does; the greedy settings map one to one (`max_new_tokens` ->
-    `max_decoding_length`, `min_new_tokens` -> `min_decoding_length`, `num_beams` -> `beam_size`,
-    `no_repeat_ngram_size`). A buffer holds the converted source's digest, so the generation cache (keyed by the
-    model's `fingerprint`) tells two converted models apart.
+    ids padded with the pad token, without the end token (the summaries are decoded with `skip_special_tokens`); the
+    greedy settings map one to one (`max_new_tokens` -> `max_decoding_length`, `min_new_tokens` ->
+    `min_decoding_length`, `no_repeat_ngram_size`). Greedy only: CTranslate2's beam search normalises lengths unlike
+    transformers', so beams are refused rather than served differently. A buffer holds the converted source's digest,
+    so the generation cache (keyed by the model's `fingerprint`) tells two converted models apart.
     """
 
     def __init__(self, translator, tokenizer, digest: str):
@@ -190,9 +198,9 @@ class CTranslate2Model(torch.nn.Module):
         no_repeat_ngram_size: int = 0,
         **unsupported,
     ) -> torch.Tensor:
-        if do_sample or unsupported:
-            what = ", ".join(sorted(unsupported)) or "do_sample=True"
-            raise LabError(f"the CTranslate2 engine does not take {what}", "serve with greedy or beam settings")
+        if do_sample or num_beams != 1 or unsupported:
+            what = ", ".join(sorted(unsupported)) or ("do_sample=True" if do_sample else f"num_beams={num_beams}")
+            raise LabError(f"the CTranslate2 engine does not take {what}", "serve it with greedy settings")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         tokens = [
@@ -201,7 +209,7 @@ class CTranslate2Model(torch.nn.Module):
         ]
         results = self.translator.translate_batch(
             tokens,
-            beam_size=num_beams,
+            beam_size=1,
             max_decoding_length=max_new_tokens,
             min_decoding_length=min_new_tokens,
             no_repeat_ngram_size=no_repeat_ngram_size,
@@ -263,10 +271,12 @@ def ctranslate2_from_model(model, tokenizer, quantization: str = "int8") -> CTra
 
 
 def folder_digest(*folders: str | Path, extra: str = "") -> str:
-    """A sha256 of the files in `folders` (names and bytes) and `extra`: it changes when any file changes."""
+    """A sha256 of the files in `folders` (names and bytes; hidden ones such as .git left out) and `extra`: it
+    changes when a model, tokenizer or adapter file changes."""
     h = hashlib.sha256(extra.encode())
     for folder in folders:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        files = (p for p in Path(folder).rglob("*") if p.is_file())
+        for path in sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts)):
             h.update(str(path.relative_to(folder)).encode() + b"\0")
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -275,8 +285,12 @@ def folder_digest(*folders: str | Path, extra: str = "") -> str:
 
 
 def not_a_ct2_folder(folder: Path) -> list[str]:
-    """What in `folder` is not from CTranslate2's converter or the lab's stamp (a cache the lab may replace)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in CT2_FILES or not p.is_file())
+    """What in `folder` the lab did not write: all of it without the lab's stamp (a conversion the user made is
+    theirs), else what is not from CTranslate2's converter."""
+    names = sorted(p.name for p in folder.iterdir())
+    if "lab_source.json" not in names:
+        return names
+    return [n for n in names if n not in CT2_FILES or not (folder / n).is_file()]
 
 
 def cached_ctranslate2(source: Path, digest: str, build, cache: Path, tokenizer, quantization: str) -> CTranslate2Model:
@@ -303,8 +317,13 @@ def cached_ctranslate2(source: Path, digest: str, build, cache: Path, tokenizer,
     t0 = time.perf_counter()
     build(partial)
     (partial / "lab_source.json").write_text(json.dumps({"source": str(source), "digest": digest}) + "\n")
-    shutil.rmtree(cache, ignore_errors=True)
+    # swapped by renames: an interruption leaves the old conversion or the new one whole, never a stamp without it
+    old = cache.with_name(cache.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if cache.exists():
+        cache.rename(old)
     partial.rename(cache)
+    shutil.rmtree(old, ignore_errors=True)
     print(f"CTranslate2: converted in {time.perf_counter() - t0:.0f} s", flush=True)
     return load_ctranslate2(cache, tokenizer, quantization, digest)
 
@@ -319,7 +338,7 @@ def compare_engines(reference_dir, translator, tokenizer, dialogues, settings, r
     from .scoring import compute_rouge
 
     pytorch = AutoModelForSeq2SeqLM.from_pretrained(reference_dir, dtype=torch.float32)
-    served = CTranslate2Model(translator, tokenizer, folder_digest(reference_dir))
+    served = CTranslate2Model(translator, tokenizer, hashlib.sha256(str(reference_dir).encode()).hexdigest())
     dialogues = list(dialogues)
     times, out = {}, {}
     for name, model in (("PyTorch", pytorch), ("CTranslate2", served)):
@@ -342,9 +361,7 @@ def compare_engines(reference_dir, translator, tokenizer, dialogues, settings, r
             result["rouge_change"] = {k: scores["CTranslate2"][k] - scores["PyTorch"][k] for k in scores["PyTorch"]}
             line += ", ROUGE-1 change " + f"{result['rouge_change']['rouge1']:+.4f}"
         print(line)
-    result["speedup"] = times["PyTorch"] / max(times["CTranslate2"], 1e-9)
-    print(
-        f"time: PyTorch {times['PyTorch']:.2f} s, CTranslate2 {times['CTranslate2']:.2f} s: "
-        f"{result['speedup']:.2f}x faster"
-    )
+    result["speedup"] = speedup = times["PyTorch"] / max(times["CTranslate2"], 1e-9)
+    verdict = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+    print(f"time: PyTorch {times['PyTorch']:.2f} s, CTranslate2 {times['CTranslate2']:.2f} s: {verdict}")
     return result

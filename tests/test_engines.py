@@ -61,6 +61,30 @@ def test_int8_is_a_quantized_copy_off_the_deprecated_api(tiny_model, tokenizer):
     assert len(out) == 3 and all(isinstance(s, str) for s in out)
 
 
+def test_int8_of_an_adapter_keeps_the_adapter(tiny_model, tokenizer, tmp_path):
+    """int8 merges a LoRA adapter before quantizing: quantized LoRA matrices would round its contribution away."""
+    from peft import PeftModel
+
+    adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=3)
+    with_adapter = PeftModel.from_pretrained(tiny_model, adapter, is_trainable=False).eval()
+    quantized = prepare_for_inference(with_adapter, "int8")
+    batch = tokenizer(DIALOGUES, return_tensors="pt", padding=True)
+    start = torch.zeros((len(DIALOGUES), 1), dtype=torch.long)
+    with torch.no_grad():
+        want = with_adapter(**batch, decoder_input_ids=start).logits
+        got = quantized(**batch, decoder_input_ids=start).logits
+        with with_adapter.disable_adapter():
+            base = with_adapter(**batch, decoder_input_ids=start).logits
+    assert (got - want).abs().max() < 0.1 * (base - want).abs().max()  # the adapter's, not the base's
+    assert hasattr(with_adapter, "peft_config")  # merged on a copy
+
+
+def test_int8_refuses_a_model_on_another_device(tiny_model, monkeypatch):
+    monkeypatch.setattr("lab_utils.engines.device_of", lambda model: "cuda")
+    with pytest.raises(LabError, match="int8 runs on the CPU"):
+        prepare_for_inference(tiny_model, "int8")
+
+
 def test_fp32_is_the_model_itself(tiny_model):
     assert prepare_for_inference(tiny_model, "fp32") is tiny_model
 
@@ -127,6 +151,10 @@ def test_ctranslate2_fp32_summarizes_exactly_as_pytorch(release_model, test_dial
     assert isinstance(served, CTranslate2Model)
     assert summarize(served, tokenizer, test_dialogues, settings, progress=False) == want
     assert len(set(want)) > 1  # the model reads its input: a test that a constant output would pass is no test
+    # a fixed length (the benchmark's: min = max new tokens) maps one to one too
+    fixed = {"max_new_tokens": 8, "min_new_tokens": 8, "num_beams": 1, "do_sample": False}
+    pytorch = summarize(model, tokenizer, test_dialogues, settings, fixed, progress=False)
+    assert summarize(served, tokenizer, test_dialogues, settings, fixed, progress=False) == pytorch
 
 
 def test_ctranslate2_int8_stays_close(release_model, test_dialogues):
@@ -154,6 +182,8 @@ def test_ctranslate2_engine_refuses_sampling(release_model):
     engine = prepare_for_inference(model, "ctranslate2", tokenizer)
     with pytest.raises(LabError, match="do_sample"):
         engine.generate(torch.tensor([[5, 6, 1]]), do_sample=True)
+    with pytest.raises(LabError, match="num_beams=4"):
+        engine.generate(torch.tensor([[5, 6, 1]]), num_beams=4)
     with pytest.raises(LabError, match="tokenizer"):
         prepare_for_inference(model, "ctranslate2")
 
@@ -217,14 +247,35 @@ def test_summarize_engine_ctranslate2_merges_an_adapter_first(served, monkeypatc
     assert len(capsys.readouterr().out.splitlines()[-3:]) == 3
 
 
-def test_a_cache_place_holding_a_users_file_is_left_alone(served, monkeypatch, capsys):
+@pytest.mark.parametrize("files", [["notes.txt"], ["config.json", "model.bin", "shared_vocabulary.json"]])
+def test_a_cache_place_holding_a_users_files_is_left_alone(served, monkeypatch, capsys, files):
+    """A user's notes, or a conversion the user made (without the lab's stamp), are not the lab's to replace."""
     sibling = served["tmp"] / "merged.ctranslate2-int8"
     sibling.mkdir()
-    (sibling / "notes.txt").write_text("mine")
+    for name in files:
+        (sibling / name).write_text("mine")
     _stdin(monkeypatch, DIALOGUES[0])
     assert main(["summarize", "--engine", "ctranslate2", "--merged", str(served["merged"]), "-"]) == 0
-    assert (sibling / "notes.txt").read_text() == "mine" and sorted(p.name for p in sibling.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in sibling.iterdir()) == sorted(files)
+    assert all((sibling / name).read_text() == "mine" for name in files)
     assert any((served["tmp"] / "work" / "ctranslate2").iterdir())  # converted under the work folder instead
+
+
+def test_summarize_engine_ctranslate2_on_the_folder_one_stands_in(served, monkeypatch, capsys):
+    monkeypatch.chdir(served["merged"])
+    _stdin(monkeypatch, DIALOGUES[0])
+    assert main(["summarize", "--engine", "ctranslate2", "--merged", ".", "-"]) == 0
+    assert (served["tmp"] / "merged.ctranslate2-int8" / "model.bin").is_file()
+
+
+def test_a_bad_adapter_is_refused_before_any_conversion(served, monkeypatch, capsys):
+    bad = served["tmp"] / "not-an-adapter"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("{}")
+    _stdin(monkeypatch, DIALOGUES[0])
+    assert main(["summarize", "--engine", "ctranslate2", "--adapter", str(bad), "-"]) == 2
+    captured = capsys.readouterr()
+    assert "peft_type" in captured.err and "converting" not in captured.out
 
 
 @pytest.mark.parametrize(

@@ -163,18 +163,21 @@ def tokenizer_source(settings: Settings, folder: str | Path) -> str | Path:
 def ctranslate2_cache(settings: Settings, source: str | Path, suffix: str) -> Path:
     """Where the CTranslate2 conversion of `source` is kept: next to it (`<source><suffix>`), or under the lab's
     work folder when that place is not the user's to write (the committed release, a Hub id, a read-only folder)."""
+    import hashlib
+
     from ..engines import not_a_ct2_folder
     from ..outputs import check_output_dir, user_path
 
-    source = Path(source)
-    if source.is_dir():
-        sibling = user_path(source.with_name(source.name + suffix))
+    if Path(source).is_dir():
+        source = user_path(source).resolve()  # `.` and `..` have a name to put a suffix on
+        sibling = source.with_name(source.name + suffix)
         try:
             return check_output_dir(sibling, not_a_ct2_folder, "the CTranslate2 cache")
         except LabError:
             pass
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(source).strip("/"))
-    return settings.path(settings.work_dir) / "ctranslate2" / (name[-80:] + suffix)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(source)).name) or "model"
+    where = hashlib.sha256(str(source).encode()).hexdigest()[:8]  # two sources of one name keep two caches
+    return settings.path(settings.work_dir) / "ctranslate2" / f"{name[-60:]}-{where}{suffix}"
 
 
 def load_ctranslate2_for_serving(
@@ -194,6 +197,11 @@ def load_ctranslate2_for_serving(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(settings, source))
         digests = [source]
     else:
+        if adapter:  # before any conversion: a wrong folder is said at once, before the base model loads
+            from ..models import shape_model
+
+            fix = "give the folder of a LoRA adapter for this model"
+            check_adapter_dir(adapter, shape_model(base), settings.model_id, fix=fix)
         tokenizer = AutoTokenizer.from_pretrained(base)
         source = Path(adapter) if adapter else base
         digests = [Path(p) for p in (adapter, base) if p and Path(p).is_dir()]
