@@ -225,13 +225,11 @@ class CTranslate2Model(torch.nn.Module):
         return torch.tensor([ids + [pad] * (width - len(ids)) for ids in generated])
 
 
-def load_ctranslate2(folder: str | Path, tokenizer, quantization: str, digest: str | None = None) -> CTranslate2Model:
-    """A converted folder on the CPU, as many threads as torch uses, computing as its `quantization` says."""
+def load_ctranslate2(folder: str | Path, tokenizer, quantization: str, digest: str) -> CTranslate2Model:
+    """A converted folder on the CPU, as many threads as torch uses, computing as its `quantization` says; `digest`
+    names what it was converted from (the generation cache tells converted models apart by it)."""
     import ctranslate2
 
-    folder = Path(folder)
-    if digest is None:
-        digest = folder_digest(folder)
     translator = ctranslate2.Translator(
         str(folder), device="cpu", compute_type=CT2_COMPUTE_TYPE[quantization], intra_threads=torch.get_num_threads()
     )
@@ -257,15 +255,21 @@ def _merged(model):
     return model
 
 
+def convert_model_to_ctranslate2(model, tokenizer, out_dir: str | Path, quantization: str) -> Path:
+    """Convert a plain transformers model in memory (an adapter merged already): saved with its tokenizer to a
+    temporary folder, which the converter reads."""
+    with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return convert_to_ctranslate2(tmp, out_dir, quantization)
+
+
 def ctranslate2_from_model(model, tokenizer, quantization: str = "int8") -> CTranslate2Model:
     """A model in memory (merged first if it carries an adapter) converted to CTranslate2 in a temporary folder."""
     from .models import fingerprint
 
     with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
-        source, converted = Path(tmp) / "source", Path(tmp) / "converted"
-        _merged(model).save_pretrained(source)
-        tokenizer.save_pretrained(source)
-        convert_to_ctranslate2(source, converted, quantization)
+        converted = convert_model_to_ctranslate2(_merged(model), tokenizer, Path(tmp) / "converted", quantization)
         digest = hashlib.sha256(f"{fingerprint(model)} {quantization}".encode()).hexdigest()
         return load_ctranslate2(converted, tokenizer, quantization, digest)
 

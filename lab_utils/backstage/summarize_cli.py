@@ -187,7 +187,13 @@ def load_ctranslate2_for_serving(
     first), or the original model: converted once, cached next to the source, converted again when it changes."""
     from transformers import AutoTokenizer
 
-    from ..engines import CT2_QUANTIZATION, cached_ctranslate2, convert_to_ctranslate2, folder_digest
+    from ..engines import (
+        CT2_QUANTIZATION,
+        cached_ctranslate2,
+        convert_model_to_ctranslate2,
+        convert_to_ctranslate2,
+        folder_digest,
+    )
     from ..models import check_adapter_dir, check_model_dir
 
     quantization = CT2_QUANTIZATION[engine]
@@ -209,21 +215,13 @@ def load_ctranslate2_for_serving(
     suffix = (".merged" if adapter else "") + f".ctranslate2-{quantization}"
 
     def build(out: Path):
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
-            if merged and (Path(source) / "tokenizer_config.json").is_file():
-                convert_to_ctranslate2(source, out, quantization)
-                return
-            model, _ = load_for_serving(settings, None, merged)
-            if adapter:
-                from peft import PeftModel
-
-                check_adapter_dir(adapter, model, settings.model_id, fix="give the folder of a LoRA adapter for it")
-                model = PeftModel.from_pretrained(model, adapter, is_trainable=False).merge_and_unload()
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            convert_to_ctranslate2(tmp, out, quantization)
+        if merged and (Path(source) / "tokenizer_config.json").is_file():
+            convert_to_ctranslate2(source, out, quantization)  # the converter reads the folder as it is
+            return
+        model, _ = load_for_serving(settings, adapter, merged)
+        if adapter:
+            model = model.merge_and_unload()  # a model loaded for this conversion alone: merged in place
+        convert_model_to_ctranslate2(model, tokenizer, out, quantization)
 
     cache = ctranslate2_cache(settings, source, suffix)
     return cached_ctranslate2(Path(source), digest, build, cache, tokenizer, quantization), tokenizer
@@ -236,12 +234,12 @@ def summarize_command(settings: Settings, args) -> None:
     # the output first: a bad path costs nothing, and the input is never overwritten
     output = args.output and check_output_file(args.output, [args.input], is_summaries_csv, "the output (--output)")
     dialogues = read_dialogues(args.input, args.column, args.encoding)
-    engine = getattr(args, "engine", "fp32")
-    if engine.startswith("ctranslate2"):
+    from ..engines import CT2_QUANTIZATION, prepare_for_inference
+
+    engine = args.engine
+    if engine in CT2_QUANTIZATION:
         model, tokenizer = load_ctranslate2_for_serving(settings, engine, args.adapter, args.merged)
     else:
-        from ..engines import prepare_for_inference
-
         model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
         model = prepare_for_inference(model, engine)
     summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())

@@ -49,16 +49,20 @@ def save_and_convert(sizes: dict, tokenizer_dir: str, out_dir: str) -> dict:
 
 def measure_engine(sizes: dict, model_dir: str, converted: dict, dialogues: list[str], engine: str) -> dict:
     """Seconds for `summarize` on `engine` with 1 and with `engine_new_tokens` new tokens (greedy, fixed length),
-    all dialogues in one batch; and the batch's padded prompt length (what cross-attention reads)."""
+    all dialogues in one batch; and the prompts' lengths (what cross-attention reads)."""
+    import hashlib
+
     from transformers import AutoModelForSeq2SeqLM
 
+    from ...data import build_prompt
     from ...engines import CT2_QUANTIZATION, load_ctranslate2, prepare_for_inference
     from ...generation import summarize
 
     sz = Sizes(**sizes)
     tokenizer = load_tokenizer(model_dir)
     if engine in CT2_QUANTIZATION:
-        model = load_ctranslate2(converted[engine], tokenizer, CT2_QUANTIZATION[engine])
+        digest = hashlib.sha256(converted[engine].encode()).hexdigest()  # no generation cache here: a name suffices
+        model = load_ctranslate2(converted[engine], tokenizer, CT2_QUANTIZATION[engine], digest)
     else:
         model = prepare_for_inference(AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype="float32"), engine)
     settings = bench_settings(Sizes(**{**sizes, "eval_batch_size": len(dialogues)}))
@@ -69,8 +73,6 @@ def measure_engine(sizes: dict, model_dir: str, converted: dict, dialogues: list
             t0 = time.perf_counter()
             summarize(model, tokenizer, dialogues, settings, fixed_length(n), progress=False)
             times[n] = min(times.get(n, float("inf")), time.perf_counter() - t0)
-    from ...data import build_prompt
-
     lengths = tokenizer([build_prompt(d) for d in dialogues], truncation=True, max_length=sz.max_source_length)
     return {
         "s": times[sz.engine_new_tokens],
