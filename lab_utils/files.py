@@ -1,0 +1,186 @@
+"""Files the lab writes: one way to hash, one way to write safely, one way to know what the lab wrote.
+
+- `digest(path)`: the sha256 of a file, or of a folder (its files' names and bytes).
+- `write_file` / `write_folder`: built under a unique temporary name in the target's own folder (`tempfile`), then
+  moved into place with `os.replace`: a crash leaves the old target or the new one, never half of one, and no fixed
+  side name (`X.tmp`) can clobber a file of the user's.
+- `check_output`: before any work, refuse a target the lab did not write. The lab knows what it wrote: every write
+  records the target's digest in a registry (`~/.cache/flan-t5-peft-lab/written.json`, under `XDG_CACHE_HOME`); a
+  target is the lab's to replace while its digest is still the recorded one (a file the user edited is theirs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import LabError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# the lab's own files: no command writes into them (the release folder only with `release --replace-committed`)
+SOURCES = ("lab2_fine_tune_peft.ipynb", "lab_utils", "tests", "docs", ".git", ".ci", "README.md", "requirements.txt")
+
+
+def digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, hidden files left out)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            relative = file.relative_to(path)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            h.update(relative.as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def registry_path() -> Path:
+    """Where the lab records what it wrote (one JSON object: absolute path -> digest)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "flan-t5-peft-lab" / "written.json"
+
+
+def _registry() -> dict[str, str]:
+    try:
+        value = json.loads(registry_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def record(path: Path) -> None:
+    """Remember that the lab wrote `path` as it is now."""
+    entries = {**_registry(), str(path): digest(path)}
+    with _replacing(registry_path()) as tmp:
+        tmp.write_text(json.dumps(entries, indent=0, sort_keys=True), encoding="utf-8")
+
+
+def owned(path: Path) -> bool:
+    """True when the lab wrote `path` and nobody changed it since."""
+    recorded = _registry().get(str(path))
+    return recorded is not None and recorded == digest(path)
+
+
+def _lab_source(path: Path) -> Path | None:
+    for name in SOURCES:
+        source = PROJECT_ROOT / name
+        if path == source or source in path.parents or path in source.parents:
+            return source
+    return None
+
+
+def check_output(
+    path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (), allowed: Path | None = None
+) -> Path:
+    """The absolute target (symlinks resolved), after checking that writing it destroys nothing of the user's.
+
+    Refused before any work: one of the command's `inputs`, the lab's own sources (`allowed` excepted), a file where
+    a folder is wanted or the reverse, a target the lab did not write (an empty folder is accepted), and a folder
+    that cannot be written.
+    """
+    out = Path(os.path.abspath(Path(path).expanduser())).resolve()
+    fix = f"give a new {'folder' if folder else 'file'} name"
+    if any(str(i) != "-" and Path(i).expanduser().resolve() == out for i in inputs):
+        raise LabError(f"{what} {out} is also the input: writing it would destroy what is being read", fix)
+    source = _lab_source(out)
+    if source is not None and not (allowed and (out == allowed.resolve() or allowed.resolve() in out.parents)):
+        raise LabError(f"{what} {out} would overwrite the lab's own {source.relative_to(PROJECT_ROOT)}", fix)
+    if out.exists():
+        if out.is_dir() != folder:
+            raise LabError(f"{what} {out} is a {'folder' if out.is_dir() else 'file'}", fix)
+        empty = folder and not any(out.iterdir())
+        if not empty and not owned(out) and out != (allowed and allowed.resolve()):
+            raise LabError(
+                f"{what} {out} already exists and this lab did not write it (or it was changed since); nothing was "
+                "changed",
+                f"{fix}, or remove it yourself if you do not need it",
+            )
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LabError(f"{what} {out} cannot be created: {parent} is not a writable folder", "choose a writable folder")
+    return out
+
+
+@contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` (a unique name), moved over `target` when the block ends without error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
+    """`with write_file(target) as tmp:` write `tmp`; it becomes `target` whole when the block ends (and, with
+    `mark`, is recorded as the lab's)."""
+    target = Path(path)
+    with _replacing(target) as tmp:
+        yield tmp
+    if mark:
+        record(target.resolve())
+
+
+@contextlib.contextmanager
+def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
+    """`with write_folder(target) as tmp:` fill the new folder `tmp`; it replaces `target` when the block ends
+    (the old one is moved to a unique name first and removed after), recorded as the lab's with `mark`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    old = None
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    if mark:
+        record(target.resolve())
+
+
+def write_json(path: str | os.PathLike, value: object, mark: bool = False) -> Path:
+    """Write a JSON file whole (see `write_file`)."""
+    with write_file(path, mark=mark) as tmp:
+        tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Total size in bytes of a file, or of all files under a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise LabError(f"{p} does not exist", "check the path (did the previous step finish?)")
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def format_size(n: float) -> str:
+    """A size in MB as the course writes it (decimal: 1 MB = 1,000,000 bytes), e.g. '990.3 MB'; kB below 0.1 MB."""
+    return f"{n / 1e3:.1f} kB" if n < 1e5 else f"{n / 1e6:,.1f} MB"
