@@ -1,9 +1,9 @@
 """Where models run and in what precision: one rule for the notebook, the instructor and the summarize command.
 
-The best device present (a CUDA GPU when there is one, else the CPU) and `LAB_PRECISION`: `auto` is bf16 mixed
-precision on a GPU that supports it and fp32 everywhere else, so the course's CPU (SageMaker's ml.m5.2xlarge) trains
-and generates in fp32 exactly as the course did. `bf16` on a CPU is offered where the CPU has native bf16
-instructions (AVX512-BF16 or AMX: newer instance types than ml.m5), and refused where it would only be emulated.
+The device is a CUDA GPU when there is one, else the CPU. `LAB_PRECISION=auto` is bf16 mixed precision on a GPU
+that has it and fp32 everywhere else, so the course's CPU (ml.m5.2xlarge) trains and generates in fp32 as the course
+did. bf16 on a CPU is accepted only where the CPU has bf16 instructions (elsewhere it is emulated, slower than fp32),
+fp16 only on a GPU: `config.check_settings` calls `resolve_precision`, so a bad value stops before any work.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 
 from .errors import LabError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -25,40 +24,30 @@ def best_device() -> str:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), so bf16 autocast pays off."""
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        flags = ""
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        return True
-    if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
-        return True
-    if flags:  # Linux without the flags: bf16 would be emulated (slower than fp32)
-        return False
-    try:  # elsewhere, ask oneDNN
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    except OSError:  # not Linux: ask oneDNN
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """The precision `LAB_PRECISION` means on `device`: "fp32", "bf16" or "fp16" (`auto` decided), or a `LabError`
-    where the device cannot run it."""
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """What `LAB_PRECISION` means on `device`: "fp32", "bf16" or "fp16", or a `LabError` where it cannot run."""
+    device = device or best_device()
+    gpu_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     if precision == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpu_bf16 else "fp32"
+    fix = "set `LAB_PRECISION` to auto or fp32"
     if precision == "fp16" and device != "cuda":
-        raise LabError(
-            "`LAB_PRECISION`=fp16 needs a GPU: fp16 mixed precision does not run on a CPU",
-            "set `LAB_PRECISION` to auto or fp32 (or bf16 on a CPU with bf16 instructions)",
-        )
+        raise LabError("`LAB_PRECISION`=fp16 needs a GPU: fp16 mixed precision does not run on a CPU", fix)
     if precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
         raise LabError(
-            "`LAB_PRECISION`=bf16 on this CPU: it has no bf16 instructions (avx512_bf16 / amx_bf16), so bf16 would "
-            "be emulated, slower than fp32",
-            "set `LAB_PRECISION` to auto or fp32 here; bf16 pays on newer CPUs (AVX512-BF16 or AMX) and on GPUs",
+            "`LAB_PRECISION`=bf16 on a CPU without bf16 instructions (avx512_bf16 / amx_bf16): it would be emulated, "
+            "slower than fp32",
+            fix + " here; bf16 pays on CPUs with AVX512-BF16 or AMX, and on GPUs",
         )
-    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device == "cuda" and not gpu_bf16:
         raise LabError("`LAB_PRECISION`=bf16: this GPU has no bf16", "set `LAB_PRECISION` to auto or fp16")
     return precision
 
@@ -71,8 +60,6 @@ def autocast(device: str, precision: str):
 
 
 def device_of(model) -> str:
-    """The device type ("cpu", "cuda") a model's weights are on."""
+    """The device type ("cpu", "cuda") a model's weights are on (a CTranslate2 engine: "cpu")."""
     tensor = next(iter(model.parameters()), None)
-    if tensor is None:  # a served engine (CTranslate2) holds buffers only
-        tensor = next(iter(model.buffers()))
-    return tensor.device.type
+    return "cpu" if tensor is None else tensor.device.type
