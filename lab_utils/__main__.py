@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import math
 import os
 import sys
@@ -15,18 +14,10 @@ from .backstage.summarize_cli import summarize_command
 from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
 from .engines import ENGINES
 from .errors import LabError, disk_error
-from .outputs import check_output_dir, check_output_file
+from .files import check_output, write_file
 
 NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
-
-
-def is_executed_notebook(path: Path) -> bool:
-    """True for a notebook `run` wrote earlier (papermill records itself in its metadata): one it may replace."""
-    try:
-        return "papermill" in json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def failed_cell(executed: Path, exc) -> tuple[str, str, str]:
@@ -35,16 +26,12 @@ def failed_cell(executed: Path, exc) -> tuple[str, str, str]:
     import nbformat
 
     cells = [c for c in nbformat.read(executed, as_version=4).cells if c.get("execution_count") == exc.exec_count]
-    if not cells:
-        return "?", exc.ename, exc.evalue
-    cell = cells[0]
-    for out in cell.get("outputs", []):
+    for out in cells[0].get("outputs", []) if cells else []:
         if out.get("output_type") == "error":
-            return cell.get("id", "?"), out["ename"], out["evalue"]
-        text = out.get("text", "")
-        if text.startswith("LabError: "):
-            return cell.get("id", "?"), "LabError", text.removeprefix("LabError: ").rstrip()
-    return cell.get("id", "?"), exc.ename, exc.evalue
+            return cells[0].get("id", "?"), out["ename"], out["evalue"]
+        if out.get("text", "").startswith("LabError: "):
+            return cells[0].get("id", "?"), "LabError", out["text"].removeprefix("LabError: ").rstrip()
+    return (cells[0].get("id", "?") if cells else "?"), exc.ename, exc.evalue
 
 
 def run_notebook(parameters: dict[str, str], output: Path) -> int:
@@ -52,18 +39,16 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
 
     A parameter the notebook's parameters cell does not have is refused before anything runs; when a cell fails,
     the terminal gets the cell's id and its error (a `LabError`'s message as it is, exit 2), not papermill's trace.
+    The executed copy is written whole under `output`, with every output up to a failing cell.
     """
-
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     known = papermill.inspect_notebook(str(NOTEBOOK))
     unknown = sorted(set(parameters) - set(known))
     if unknown:
-        raise LabError(
-            f"the notebook has no parameter {', '.join(unknown)}",
-            f"use one of {', '.join(known)} (its parameters cell), e.g. -p FULL_STEPS 5",
-        )
+        raise LabError(f"the notebook has no parameter {', '.join(unknown)}",
+                       f"use one of {', '.join(known)} (its parameters cell), e.g. -p FULL_STEPS 5")  # fmt: skip
     values = {}
     for name, raw in parameters.items():
         try:
@@ -71,22 +56,18 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
         except (ValueError, SyntaxError):
             values[name] = raw  # a bare word such as offline
     print(f"Executing {NOTEBOOK.name} -> {output}" + (f" with {values}" if values else ""))
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOK),
-            str(output),
-            parameters=values,
-            cwd=str(PROJECT_ROOT),
-            kernel_name="python3",
-            progress_bar=sys.stderr.isatty(),  # a log gets the error, not a bar redrawn in place
-            log_output=False,
-        )
-    except PapermillExecutionError as exc:
-        cell, ename, evalue = failed_cell(output, exc)
-        print(
-            f"error: the notebook stopped in cell {cell!r} (In [{exc.exec_count}]): {ename}: {evalue}", file=sys.stderr
-        )
-        print(f"  (the executed copy, with every output up to there: {output})", file=sys.stderr)
+    failure = None
+    with write_file(output) as tmp:
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK), str(tmp), parameters=values, cwd=str(PROJECT_ROOT), progress_bar=sys.stderr.isatty()
+            )
+        except PapermillExecutionError as exc:
+            failure = exc, failed_cell(tmp, exc)
+    if failure:
+        exc, (cell, ename, evalue) = failure
+        print(f"error: the notebook stopped in cell {cell!r} (In [{exc.exec_count}]): {ename}: {evalue}\n"
+              f"  (the executed copy, with every output up to there: {output})", file=sys.stderr)  # fmt: skip
         return 2 if ename == "LabError" else 1
     print(f"Executed notebook: {output}")
     return 0
@@ -143,8 +124,8 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--fast-inference",
         choices=ENGINES,
-        default="fp32",
-        help="the engine that generates the results file: PyTorch fp32, int8 or bf16 autocast, or CTranslate2 (CPU)",
+        default="pytorch",
+        help="the engine that generates the results file: PyTorch (at LAB_PRECISION) or CTranslate2 (CPU)",
     )
     rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
@@ -166,15 +147,15 @@ def parser() -> argparse.ArgumentParser:
         default="-",
         help="a text file (dialogues separated by a blank line), a CSV, or - for standard input (default)",
     )
-    summ.add_argument("--column", default="dialogue", help="the CSV column holding the dialogues")
+    summ.add_argument("--column", help="the CSV column holding the dialogues (default: dialogue; the input is a CSV)")
     summ.add_argument("--encoding", help="the input's encoding, e.g. cp1252 (default: UTF-8, or its byte-order mark)")
     summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
     summ.add_argument(
         "--engine",
         choices=ENGINES,
-        default="fp32",
-        help="what generates: PyTorch (fp32, int8, bf16) or CTranslate2 (int8, or ctranslate2-fp32), converted once "
-        "and cached next to the model or adapter (an adapter is merged first)",
+        default="pytorch",
+        help="what generates: PyTorch (at LAB_PRECISION) or CTranslate2 (int8, or ctranslate2-fp32), converted once "
+        "and cached under LAB_WORK_DIR (an adapter is merged first)",
     )
     sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
     return p
@@ -204,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         settings = load_settings(None, **overrides)  # checked here, before any work
         if args.command == "run":
-            if Path(args.output) == EXECUTED:
-                EXECUTED.parent.mkdir(parents=True, exist_ok=True)  # the lab's own folder of generated files
-            output = check_output_file(
-                args.output, [NOTEBOOK], is_executed_notebook, "the executed notebook (--output)"
-            )
+            output = check_output(args.output, "the executed notebook (--output)", inputs=[NOTEBOOK])
             return run_notebook(dict(args.parameter), output)
         if args.command == "settings":
             print(settings_table()) if args.markdown else settings.show()
@@ -229,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress=sys.stderr.isatty() or "CI" not in os.environ,
             )
         elif args.command == "release":
-            from .backstage.release import make_release, not_in_release, verify_release
+            from .backstage.release import make_release, verify_release
 
             if not settings.offline:
                 raise LabError("release is for the offline profile", "run with --profile offline")
-            committed = [RELEASE_DIR] if args.replace_committed else []  # replaced only when asked for
-            dest = check_output_dir(args.to or RELEASE_DIR, not_in_release, "the release folder", committed)
+            committed = RELEASE_DIR if args.replace_committed else None  # replaced only when asked for
+            dest = check_output(args.to or RELEASE_DIR, "the release folder", folder=True, allowed=committed)
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":

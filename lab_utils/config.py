@@ -265,9 +265,9 @@ def _convert(name: str, raw: str, default: object) -> object:
             return int(raw)
         if isinstance(default, float):
             return float(raw)
-    except ValueError:
+    except ValueError as exc:
         kind = {bool: "true/false", int: "whole number", float: "number"}[type(default)]
-        raise LabError(f"`{env}`={raw!r} is not a {kind}", f"set `{env}` to a {kind}, e.g. {default!r}") from None
+        raise LabError(f"`{env}`={raw!r} is not a {kind}", f"set `{env}` to a {kind}, e.g. {default!r}") from exc
     return raw
 
 

@@ -34,7 +34,7 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
         # keep_default_na=False: an empty cell stays "" (reported below) instead of becoming NaN
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
-        raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`") from None
+        raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LabError(
@@ -79,13 +79,16 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
     if settings.data_dir:
         return load_dialogsum_csv(settings.path(settings.data_dir))
 
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
     try:
         return load_dataset(settings.dataset)
-    except Exception as exc:  # the Hub raises many types: connection, not found, gated
+    except (OSError, ConnectionError, HfHubHTTPError, OfflineModeIsEnabled, FileNotFoundError) as exc:
         raise LabError(
-            f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub: {exc}",
-            "check the internet connection, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
-        ) from None
+            f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc})",
+            "check the network and the dataset id, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
+        ) from exc
 
 
 def split_sizes(dataset: DatasetDict) -> dict[str, int]:

@@ -117,7 +117,7 @@ def check_output(
 def _replacing(target: Path) -> Iterator[Path]:
     """A temporary path beside `target` (a unique name), moved over `target` when the block ends without error."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial" + target.suffix)
     os.close(fd)
     tmp = Path(name)
     try:

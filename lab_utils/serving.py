@@ -50,10 +50,10 @@ def serving_memory(base: str, adapters: list[str], full: list[str]) -> dict[str,
 
 def adapter_parameters(folder: str | Path) -> int:
     """How many parameters an adapter adds to its base: the elements of its weights file."""
-    from .models import ADAPTER_WEIGHTS, tensor_shapes, weights_file
+    from .models import ADAPTER_WEIGHTS, read_weights
 
-    path = weights_file(Path(folder), ADAPTER_WEIGHTS, "adapter folder", "pull or train the adapter again")
-    return sum(math.prod(shape) for shape in tensor_shapes(path, "adapter folder", "pull it again").values())
+    shapes = read_weights(Path(folder), ADAPTER_WEIGHTS, "adapter folder", "pull or train the adapter again")
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_dir: Path):
@@ -64,7 +64,7 @@ def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_
     """
     import pandas as pd
 
-    from .checkpoints import size_on_disk
+    from .files import size_on_disk
     from .models import count_parameters
 
     n = len(adapters)

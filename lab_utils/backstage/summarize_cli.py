@@ -1,14 +1,15 @@
 """`python -m lab_utils summarize [--adapter DIR | --merged DIR] [--engine E] [FILE|-]`: summaries, on the command line.
 
 Dialogues come from a text file (separated by a blank line), a CSV column, or standard input; they are summarized in
-batches with the lab's prompt and generation settings by the original model, the original model with a LoRA adapter,
-or a full model folder (a merged adapter, the instruct model), on PyTorch or on CTranslate2 (`engines.ENGINES`).
+batches with the lab's prompt and settings by the original model, the original model with a LoRA adapter, or a full
+model folder (a merged adapter, the instruct model), on PyTorch or on CTranslate2 (`engines.ENGINES`).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import re
 import sys
@@ -16,60 +17,48 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import LabError
-from ..outputs import check_output_file, user_path
+from ..files import check_output, digest, owned, write_file, write_folder
 
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
 SEPARATORS = ",;\t|"  # what spreadsheets write: ',' and, where ',' is the decimal mark, ';'; tabs; pipes
+csv.field_size_limit(2**31 - 1)  # a dialogue may be long: Python's default limit is 128 kB a field
 
 
 def read_input_bytes(source: str) -> tuple[bytes, str]:
     """The raw bytes of a file, or of standard input ('-'), and how to name it in messages."""
     if source == "-":
-        stream = sys.stdin
-        if stream is None or stream.closed:
+        if sys.stdin is None or sys.stdin.closed:
             raise LabError("standard input is closed", "give a file of dialogues, or pipe them in: ... | summarize -")
-        if stream.isatty():
+        if sys.stdin.isatty():
             print("Reading dialogues from the terminal: a blank line between them, Ctrl-D to end.", file=sys.stderr)
-        try:
-            data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode("utf-8")
-        except (OSError, ValueError) as exc:  # a stream closed under us, or not readable
-            raise LabError(f"standard input cannot be read ({exc})", "give a file of dialogues instead") from None
-        return data, "standard input"
-    path = user_path(source)
-    if path.is_dir():
-        raise LabError(f"{source} is a folder", "give a text or CSV file of dialogues, or - for standard input")
+        stream = getattr(sys.stdin, "buffer", None)
+        return (stream.read() if stream else sys.stdin.read().encode("utf-8")), "standard input"
+    path = Path(source).expanduser()
     if not path.is_file():
         raise LabError(f"{source} is not a file", "give a text or CSV file of dialogues, or - for standard input")
     try:
         return path.read_bytes(), source
     except OSError as exc:
-        raise LabError(f"{source} cannot be read: {exc.strerror}", "make it readable for you") from None
+        raise LabError(f"{source} cannot be read: {exc.strerror}", "make it readable for you") from exc
 
 
 def decode(data: bytes, name: str, encoding: str | None = None) -> str:
-    """Text from bytes: `encoding` if given, else by its byte-order mark (UTF-8/16/32, as Windows tools write), else
-    UTF-8. Line ends of every system (\\r\\n, \\r) become \\n. What cannot be text is refused with what was found."""
+    """Text from bytes: `encoding` if given, else by its byte-order mark (UTF-8/16/32), else UTF-8; line ends as \\n."""
     if data.startswith(b"PK\x03\x04"):
         raise LabError(
             f"{name} is a zip archive (an Excel workbook?), not text", "save it as 'CSV UTF-8' and give that"
         )
-    if encoding is None:
-        encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    encoding = encoding or next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    fix = "save it as UTF-8, or name its encoding with --encoding (e.g. cp1252 for Windows, utf-16 without a BOM)"
     try:
         text = data.decode(encoding)
-    except LookupError:
-        raise LabError(f"--encoding {encoding!r} is not an encoding Python knows", "use e.g. utf-8 or cp1252") from None
+    except LookupError as exc:
+        raise LabError(f"--encoding {encoding!r} is not an encoding Python knows", "use e.g. utf-8 or cp1252") from exc
     except UnicodeDecodeError as exc:
-        if b"\0" in data:
-            raise LabError(f"{name} is not text (it holds NUL bytes)", "give a text or CSV file of dialogues") from None
-        raise LabError(
-            f"{name} is not {'UTF-8' if encoding == 'utf-8' else encoding} text ({exc.reason} at byte {exc.start}: "
-            f"{data[exc.start : exc.start + 4]!r})",
-            "save it as UTF-8, or name its encoding, e.g. --encoding cp1252 (Windows, Western European)",
-        ) from None
+        raise LabError(f"{name} is not {encoding} text ({exc.reason} at byte {exc.start})", fix) from exc
     if "\0" in text:
-        raise LabError(f"{name} is not text (it holds NUL bytes)", "give a text or CSV file of dialogues")
+        raise LabError(f"{name} holds NUL bytes: it is not {encoding} text", fix)
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -77,61 +66,39 @@ def read_csv_column(text: str, name: str, column: str, separator: str | None = N
     """One column of a CSV as spreadsheets save it: the separator found in its header (',', ';', tab or '|') unless
     given, quoted fields over several lines, the column matched without regard to case or surrounding spaces."""
     header = text.split("\n", 1)[0]
-    if separator is None:
-        counts = {sep: header.count(sep) for sep in SEPARATORS}
-        separator = max(counts, key=counts.get) if any(counts.values()) else ","
+    separator = separator or max(SEPARATORS, key=header.count)
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=separator, strict=True))
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=separator, strict=True) if row]
     except csv.Error as exc:
-        raise LabError(f"{name} cannot be read as CSV ({exc})", "save it again from a spreadsheet as CSV") from None
-    if not rows:
-        raise LabError(f"{name} is empty", "give a CSV with a header row and a dialogue column")
-    names = [h.strip() for h in rows[0]]
-    matches = [i for i, h in enumerate(names) if h == column] or [
-        i for i, h in enumerate(names) if h.lower() == column.strip().lower()
-    ]
-    if len(matches) != 1:
-        found = ", ".join(repr(h) for h in names)
-        why = "has no column" if not matches else "has more than one column"
-        raise LabError(
-            f"{name} {why} {column!r} (its header, split at {separator!r}: {found})",
-            "choose the dialogue column with --column",
-        )
-    at = matches[0]
-    short = [n + 1 for n, row in enumerate(rows[1:], start=1) if row and len(row) <= at]
-    if short:
-        raise LabError(
-            f"{name}: line {short[0]} has no {column!r} field ({len(short)} such row(s))",
-            "give every row as many fields as the header",
-        )
-    return [row[at] for row in rows[1:] if row]
+        raise LabError(f"{name} cannot be read as CSV ({exc})", "check its quoting, or give a text file") from exc
+    names = [h.strip().lower() for h in rows[0]] if rows else []
+    if names.count(column.strip().lower()) != 1:
+        raise LabError(f"{name} has no single column {column!r} (its header, split at {separator!r}: {rows[:1]})",
+                       "choose the dialogue column with --column")  # fmt: skip
+    at = names.index(column.strip().lower())
+    bad = next((n for n, row in enumerate(rows[1:], start=2) if len(row) != len(names)), None)
+    if bad:
+        raise LabError(f"{name}: row {bad} has not the header's {len(names)} fields (unquoted separators?)",
+                       "quote fields that hold the separator, as spreadsheets do, or give a text file")  # fmt: skip
+    return [row[at] for row in rows[1:]]
 
 
-def read_dialogues(source: str, column: str = "dialogue", encoding: str | None = None) -> list[str]:
-    """Dialogues from a CSV/TSV (its `column`), a text file (dialogues separated by a blank line), or '-' (stdin)."""
+def read_dialogues(source: str, column: str | None = None, encoding: str | None = None) -> list[str]:
+    """Dialogues from a CSV (its `column`), a text file (dialogues separated by a blank line), or '-' (stdin)."""
     data, name = read_input_bytes(source)
     text = decode(data, name, encoding)
     suffix = Path(source).suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        dialogues = read_csv_column(text, name, column, "\t" if suffix == ".tsv" else None)
+    if suffix in (".csv", ".tsv") or column is not None:
+        dialogues = read_csv_column(text, name, column or "dialogue", "\t" if suffix == ".tsv" else None)
+        empty = [i + 2 for i, d in enumerate(dialogues) if not d.strip()]
+        if empty:
+            raise LabError(f"{name}: row {empty[0]} has an empty dialogue ({len(empty)} such rows)",
+                           "fill or remove those rows")  # fmt: skip
     else:
-        dialogues = [block.strip() for block in re.split(r"\n[ \t]*\n", text)]
-    empty = sum(not d.strip() for d in dialogues)
-    dialogues = [d.strip() for d in dialogues if d.strip()]
+        dialogues = [block for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
     if not dialogues:
         raise LabError(f"{name} holds no dialogue", "give dialogues separated by a blank line (or a CSV column)")
-    if empty and suffix in (".csv", ".tsv"):
-        print(f"Note: {empty} row(s) of {name} have an empty {column!r}; they are skipped", file=sys.stderr)
-    return dialogues
-
-
-def is_summaries_csv(path: Path) -> bool:
-    """True for a CSV this command wrote earlier (its header is `dialogue,summary`): one it may replace."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.readline().rstrip("\r\n") == "dialogue,summary"
-    except (OSError, UnicodeDecodeError):
-        return False
+    return [d.strip() for d in dialogues]
 
 
 def load_for_serving(settings: Settings, adapter: str | None = None, merged: str | None = None):
@@ -139,118 +106,63 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from ..models import check_adapter_dir, check_model_dir
+    from ..models import check_adapter_dir, check_model_dir, shape_model
 
     if merged:
         folder = check_model_dir(merged, fix="give a folder saved with save_pretrained (a merged or full model)")
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32)
-        return model, AutoTokenizer.from_pretrained(tokenizer_source(settings, folder))
+        has_tokenizer = (folder / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else settings.model_path_or_id)
+        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32), tokenizer
+    if adapter:  # checked on the architecture alone: a wrong folder is said before the base model loads
+        fix = "give the folder of a LoRA adapter for this model"
+        check_adapter_dir(adapter, shape_model(settings.model_path_or_id), settings.model_id, fix=fix)
     model = AutoModelForSeq2SeqLM.from_pretrained(settings.model_path_or_id, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path_or_id)
     if adapter:
         from peft import PeftModel
 
-        check_adapter_dir(adapter, model, settings.model_id, fix="give the folder of a LoRA adapter for this model")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
     return model, tokenizer
 
 
-def tokenizer_source(settings: Settings, folder: str | Path) -> str | Path:
-    """A model folder's own tokenizer when it saved one, else the original model's."""
-    return folder if (Path(folder) / "tokenizer_config.json").is_file() else settings.model_path_or_id
-
-
-def ctranslate2_cache(settings: Settings, source: str | Path, suffix: str) -> Path:
-    """Where the CTranslate2 conversion of `source` is kept: next to it (`<source><suffix>`), or under the lab's
-    work folder when that place is not the user's to write (the committed release, a Hub id, a read-only folder)."""
-    import hashlib
-
-    from ..engines import not_a_ct2_folder
-    from ..outputs import check_output_dir, user_path
-
-    if Path(source).is_dir():
-        source = user_path(source).resolve()  # `.` and `..` have a name to put a suffix on
-        sibling = source.with_name(source.name + suffix)
-        try:
-            return check_output_dir(sibling, not_a_ct2_folder, "the CTranslate2 cache")
-        except LabError:
-            pass
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(source)).name) or "model"
-    where = hashlib.sha256(str(source).encode()).hexdigest()[:8]  # two sources of one name keep two caches
-    return settings.path(settings.work_dir) / "ctranslate2" / f"{name[-60:]}-{where}{suffix}"
-
-
-def load_ctranslate2_for_serving(
-    settings: Settings, engine: str, adapter: str | None = None, merged: str | None = None
-):
-    """(CTranslate2 model, tokenizer) for a merged/full model folder, the original model with an adapter (merged
-    first), or the original model: converted once, cached next to the source, converted again when it changes."""
-    from transformers import AutoTokenizer
-
-    from ..engines import (
-        CT2_QUANTIZATION,
-        cached_ctranslate2,
-        convert_model_to_ctranslate2,
-        convert_to_ctranslate2,
-        folder_digest,
-    )
-    from ..models import check_adapter_dir, check_model_dir
+def ctranslate2_for_serving(settings: Settings, engine: str, adapter: str | None, folder: str | None):
+    """(CTranslate2 model, tokenizer), converted once: the conversion is kept under `LAB_WORK_DIR/ctranslate2/`,
+    named by the digest of its sources (the model, the adapter, the engine), so a changed source converts again and a
+    cache that is not whole as the lab wrote it (`files.owned`) is converted again too."""
+    from ..engines import CT2_QUANTIZATION, convert_to_ctranslate2, load_ctranslate2, merged
 
     quantization = CT2_QUANTIZATION[engine]
-    base = settings.model_path_or_id
-    if merged:
-        source = check_model_dir(merged, fix="give a folder saved with save_pretrained (a merged or full model)")
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(settings, source))
-        digests = [source]
+    model, tokenizer = load_for_serving(settings, adapter, folder)
+    sources = [p for p in (folder, adapter, None if folder else settings.model_path_or_id) if p and Path(p).is_dir()]
+    key = hashlib.sha256(" ".join([engine, *map(digest, sources), settings.model_path_or_id]).encode()).hexdigest()
+    cache = settings.work_path / "ctranslate2" / f"{Path(str(folder or adapter or 'original')).name}-{key[:16]}"
+    if cache.is_dir() and owned(cache.resolve()):
+        print(f"CTranslate2: {cache} (converted earlier, unchanged since)", file=sys.stderr)
     else:
-        if adapter:  # before any conversion: a wrong folder is said at once, before the base model loads
-            from ..models import shape_model
-
-            fix = "give the folder of a LoRA adapter for this model"
-            check_adapter_dir(adapter, shape_model(base), settings.model_id, fix=fix)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        source = Path(adapter) if adapter else base
-        digests = [Path(p) for p in (adapter, base) if p and Path(p).is_dir()]
-    digest = folder_digest(*digests, extra=f"{engine} {base if not merged else ''}")
-    suffix = (".merged" if adapter else "") + f".ctranslate2-{quantization}"
-
-    def build(out: Path):
-        if merged and (Path(source) / "tokenizer_config.json").is_file():
-            convert_to_ctranslate2(source, out, quantization)  # the converter reads the folder as it is
-            return
-        model, _ = load_for_serving(settings, adapter, merged)
-        if adapter:
-            model = model.merge_and_unload()  # a model loaded for this conversion alone: merged in place
-        convert_model_to_ctranslate2(model, tokenizer, out, quantization)
-
-    cache = ctranslate2_cache(settings, source, suffix)
-    return cached_ctranslate2(Path(source), digest, build, cache, tokenizer, quantization), tokenizer
+        print(f"CTranslate2: converting to {cache} ...", file=sys.stderr)
+        with write_folder(cache) as tmp:
+            merged(model).save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+            convert_to_ctranslate2(tmp / "model", tmp / "converted", quantization)
+    return load_ctranslate2(cache / "converted", tokenizer, quantization), tokenizer
 
 
 def summarize_command(settings: Settings, args) -> None:
     """`python -m lab_utils summarize`: read dialogues, summarize them in batches, print or write a CSV."""
+    from ..engines import CT2_QUANTIZATION
     from ..generation import summarize
 
     # the output first: a bad path costs nothing, and the input is never overwritten
-    output = args.output and check_output_file(args.output, [args.input], is_summaries_csv, "the output (--output)")
+    output = args.output and check_output(args.output, "the output (--output)", inputs=[args.input])
     dialogues = read_dialogues(args.input, args.column, args.encoding)
-    from ..engines import CT2_QUANTIZATION, prepare_for_inference
-
-    engine = args.engine
-    if engine in CT2_QUANTIZATION:
-        model, tokenizer = load_ctranslate2_for_serving(settings, engine, args.adapter, args.merged)
+    if args.engine in CT2_QUANTIZATION:
+        model, tokenizer = ctranslate2_for_serving(settings, args.engine, args.adapter, args.merged)
     else:
         model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
-        model = prepare_for_inference(model, engine)
     summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
-    if output:
-        tmp = output.with_name(output.name + ".tmp")  # written whole, then renamed: a crash leaves no half file
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["dialogue", "summary"])
-            writer.writerows(zip(dialogues, summaries))
-        tmp.replace(output)
-        print(f"Wrote {len(summaries)} summaries to {output}")
-    else:
-        for summary in summaries:
-            print(summary)
+    if not output:
+        print("\n".join(summaries))
+        return
+    with write_file(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("dialogue", "summary"), *zip(dialogues, summaries)])
+    print(f"Wrote {len(summaries)} summaries to {output}")
