@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-from .backstage.bench import main as bench_main  # the benchmark has its own options
 from .backstage.summarize_cli import summarize_command
 from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
 from .engines import ENGINES
@@ -168,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if before:
             parser().parse_args([*before, "settings"])  # --profile, checked as usual
             os.environ["LAB_PROFILE"] = before[-1]
+        from .backstage.bench import main as bench_main  # the benchmark has its own options
+
         return bench_main(after)
     args = parser().parse_args(argv)
     if args.profile:

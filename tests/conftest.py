@@ -60,6 +60,14 @@ def write_dialogsum(folder, n_train: int = 60, n_val: int = 6, n_test_dialogues:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lab_registry(tmp_path_factory):
+    """What the lab records as written goes to a folder of the test session's, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A tiny DialogSum-shaped folder of CSVs."""
@@ -135,12 +143,11 @@ def trained_adapter(model, folder, seed: int, std: float = 0.3):
     import copy
 
     import torch
-    from peft import get_peft_model
-
-    from lab_utils.backstage.recipe import lora_config
+    from peft import LoraConfig, TaskType, get_peft_model
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
+    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q", "v"], task_type=TaskType.SEQ_2_SEQ_LM)
+    peft_model = get_peft_model(copy.deepcopy(model), config)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

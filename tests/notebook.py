@@ -34,3 +34,36 @@ def output_text(cell: dict) -> str:
         elif "data" in o:
             parts.append("".join(o["data"].get("text/plain", "")))
     return "\n".join(parts)
+
+
+def tokenize(dataset, tokenizer, settings):
+    """The notebook's `tokenize_function` (its cell's definition alone) mapped over every row of `dataset`."""
+    import ast
+
+    from lab_utils.data import build_prompt
+
+    tree = ast.parse(source("tokenize"))
+    tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    namespace = {"tokenizer": tokenizer, "settings": settings, "build_prompt": build_prompt}
+    exec(compile(tree, "<notebook cell tokenize>", "exec"), namespace)
+    return dataset.map(namespace["tokenize_function"], batched=True, remove_columns=dataset["train"].column_names)
+
+
+def notebook_trainer(model, tokenizer, train_dataset, out, settings, lora: bool = False, rank: int = 4):
+    """The trainer the notebook's cells build (3.1 collator, 3.2 or 4.1 + 4.2) for `model` on `train_dataset`."""
+    import copy
+
+    import torch
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from lab_utils.models import fingerprint
+
+    namespace = {
+        "settings": settings, "tokenizer": tokenizer, "original_model": model, "runs": Path(out), "device": "cpu",
+        "precision": "fp32", "LORA_RANK": rank, "copy": copy, "torch": torch, "fingerprint": fingerprint,
+        "original_fingerprint": fingerprint(model),
+        "tokenized_datasets": {"train": train_dataset, "validation": train_dataset},
+        "Seq2SeqTrainer": Seq2SeqTrainer, "Seq2SeqTrainingArguments": Seq2SeqTrainingArguments,
+    }  # fmt: skip
+    cells = ["collator", "lora-config", "lora-training-args"] if lora else ["collator", "full-training-args"]
+    return run_cells(cells, namespace)["peft_trainer" if lora else "trainer"]

@@ -25,7 +25,7 @@ import torch
 
 from ..config import looks_like_hub_id
 from ..errors import LabError
-from ..outputs import check_output_dir, not_a_saved_model
+from ..files import check_output
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -249,7 +249,7 @@ def build_standin(settings, out: str | Path, progress: bool = True) -> Path:
             "give a folder path, e.g. --out data/offline/flan-t5-tiny (or ./name for a new folder here)",
         )
     # a folder holding only a saved model is one build-model wrote (and may replace); anything else is refused
-    out = check_output_dir(out, not_a_saved_model, "the stand-in's folder (--out)")
+    out = check_output(out, "the stand-in's folder (--out)", folder=True)
     train = load_dialogsum(settings)["train"]
     texts = list(train["dialogue"]) + list(train["summary"])
     return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed, progress=progress)

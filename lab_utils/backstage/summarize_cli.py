@@ -56,9 +56,10 @@ def decode(data: bytes, name: str, encoding: str | None = None) -> str:
     except LookupError as exc:
         raise LabError(f"--encoding {encoding!r} is not an encoding Python knows", "use e.g. utf-8 or cp1252") from exc
     except UnicodeDecodeError as exc:
-        raise LabError(f"{name} is not {encoding} text ({exc.reason} at byte {exc.start})", fix) from exc
+        shown = "UTF-8" if encoding == "utf-8" else encoding
+        raise LabError(f"{name} is not {shown} text ({exc.reason} at byte {exc.start})", fix) from exc
     if "\0" in text:
-        raise LabError(f"{name} holds NUL bytes: it is not {encoding} text", fix)
+        raise LabError(f"{name} is not text (it holds NUL bytes)", fix)
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -73,7 +74,8 @@ def read_csv_column(text: str, name: str, column: str, separator: str | None = N
         raise LabError(f"{name} cannot be read as CSV ({exc})", "check its quoting, or give a text file") from exc
     names = [h.strip().lower() for h in rows[0]] if rows else []
     if names.count(column.strip().lower()) != 1:
-        raise LabError(f"{name} has no single column {column!r} (its header, split at {separator!r}: {rows[:1]})",
+        found = ", ".join(repr(h) for h in (rows[0] if rows else []))
+        raise LabError(f"{name} has no column {column!r}, or several (its header, split at {separator!r}: {found})",
                        "choose the dialogue column with --column")  # fmt: skip
     at = names.index(column.strip().lower())
     bad = next((n for n, row in enumerate(rows[1:], start=2) if len(row) != len(names)), None)
