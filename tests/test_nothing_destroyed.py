@@ -221,10 +221,13 @@ def test_run_shows_the_failing_cell_and_its_lab_error(tmp_path, capsys, monkeypa
 def test_bench_checks_its_report_path_before_measuring(tmp_path, capsys):
     import time
 
+    mine = tmp_path / "report.json"
+    mine.write_text("the user's")
     t0 = time.perf_counter()
-    code = main(["bench", "--smoke", "--only", "a", "--json", str(tmp_path / "missing" / "report.json")])
+    code = main(["bench", "--smoke", "--only", "1", "--output", str(mine)])
     err = capsys.readouterr().err
-    assert code == 2 and "does not exist" in err and "Traceback" not in err, err
+    assert code == 2 and "already exists" in err and "Traceback" not in err, err
+    assert mine.read_text() == "the user's"
     assert time.perf_counter() - t0 < 5  # nothing was measured
 
 

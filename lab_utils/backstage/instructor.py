@@ -352,7 +352,7 @@ def run_instructor(
     """Train, evaluate on the full test set, and (optionally) publish; returns the run folder.
 
     `fast_inference` (an engine of `engines.ENGINES`: "int8", "bf16", "ctranslate2", ...) speeds up the test-set
-    generation on CPUs (`bench --only f,h` measures its speed and ROUGE cost); it is part of the results' identity.
+    generation on CPUs (`bench --only 4` measures its speed); it is part of the results' identity.
     """
     from ..data import load_dialogsum
 
