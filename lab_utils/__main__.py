@@ -15,7 +15,8 @@ from .backstage.summarize_cli import summarize_command
 from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
 from .engines import ENGINES
 from .errors import LabError, disk_error
-from .outputs import check_output_dir, check_output_file
+from .files import check_output
+from .outputs import check_output_file
 
 NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
@@ -143,8 +144,8 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--fast-inference",
         choices=ENGINES,
-        default="fp32",
-        help="the engine that generates the results file: PyTorch fp32, int8 or bf16 autocast, or CTranslate2 (CPU)",
+        default="pytorch",
+        help="the engine that generates the results files: PyTorch (LAB_PRECISION), or CTranslate2 int8 or fp32 (CPU)",
     )
     rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
@@ -229,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress=sys.stderr.isatty() or "CI" not in os.environ,
             )
         elif args.command == "release":
-            from .backstage.release import make_release, not_in_release, verify_release
+            from .backstage.release import make_release, verify_release
 
             if not settings.offline:
                 raise LabError("release is for the offline profile", "run with --profile offline")
-            committed = [RELEASE_DIR] if args.replace_committed else []  # replaced only when asked for
-            dest = check_output_dir(args.to or RELEASE_DIR, not_in_release, "the release folder", committed)
+            committed = RELEASE_DIR if args.replace_committed else None  # replaced only when asked for
+            dest = check_output(args.to or RELEASE_DIR, "the release folder", folder=True, allowed=committed)
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":

@@ -137,7 +137,7 @@ def trained_adapter(model, folder, seed: int, std: float = 0.3):
     import torch
     from peft import get_peft_model
 
-    from lab_utils.backstage.recipe import lora_config
+    from lab_utils.backstage.instructor import lora_config
 
     torch.manual_seed(seed)
     peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))

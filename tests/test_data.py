@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lab_utils.backstage.recipe import data_collator, tokenize
+from lab_utils.backstage.instructor import data_collator, tokenize
 from lab_utils.config import load_settings
 from lab_utils.data import build_prompt, first_dialogue_rows, load_dialogsum_csv, split_sizes, unique_dialogues
 from lab_utils.errors import LabError

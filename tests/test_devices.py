@@ -7,7 +7,6 @@ import pytest
 
 from lab_utils import devices
 from lab_utils.__main__ import main
-from lab_utils.backstage.recipe import instructor_run_options, training_arguments
 from lab_utils.config import load_settings
 from lab_utils.errors import LabError
 
@@ -18,8 +17,6 @@ def test_auto_is_fp32_on_a_cpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert devices.best_device() == "cpu"
     assert devices.resolve_precision("auto", "cpu") == "fp32"
-    args = training_arguments(SETTINGS, 1e-3, "x", 2, **instructor_run_options(SETTINGS, "fp32", progress=False))
-    assert not args.bf16 and not args.fp16
 
 
 def test_bf16_on_a_cpu_without_bf16_is_refused_with_one_message(monkeypatch, capsys):
@@ -37,8 +34,6 @@ def test_bf16_on_a_cpu_without_bf16_is_refused_with_one_message(monkeypatch, cap
 def test_bf16_on_a_cpu_with_bf16_trains_and_generates_in_bf16(monkeypatch):
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
     assert devices.resolve_precision("bf16", "cpu") == "bf16"
-    options = instructor_run_options(SETTINGS, "bf16", progress=False)
-    assert options["bf16"] and not options["fp16"]
     import torch
 
     with devices.autocast("cpu", "bf16"):
@@ -53,15 +48,12 @@ def test_precisions_a_cpu_cannot_run_are_refused(value, monkeypatch):
 
 
 def test_the_stage_identity_records_the_precision(monkeypatch, data_dir):
-    from lab_utils.backstage.instructor import _identities
+    from lab_utils.backstage.instructor import identities
     from lab_utils.data import load_dialogsum_csv
 
     dataset = load_dialogsum_csv(data_dir)
-    ids = _identities(SETTINGS, "fingerprint", dataset)
-    assert {i["precision"] for i in ids.values()} == {"fp32"}
-    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr("lab_utils.backstage.instructor.resolve_precision", lambda p, d: "bf16")
-    assert _identities(SETTINGS, "fingerprint", dataset)["full"] != ids["full"]  # another precision: retrained
+    ids = identities(SETTINGS, "fingerprint", dataset, "fp32")
+    assert identities(SETTINGS, "fingerprint", dataset, "bf16")["full"] != ids["full"]  # another precision: retrained
 
 
 def test_save_steps_must_be_a_multiple_of_eval_steps():

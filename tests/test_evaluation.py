@@ -60,7 +60,7 @@ def test_chunked_encoding_gives_the_summaries_of_one_batch_pass(wrap, tiny_model
         import torch
         from peft import get_peft_model
 
-        from lab_utils.backstage.recipe import lora_config
+        from lab_utils.backstage.instructor import lora_config
 
         model = get_peft_model(copy.deepcopy(tiny_model), lora_config(r=4))
         with torch.no_grad():  # a LoRA update that changes the outputs, so the adapter is part of the check

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lab_utils.backstage.recipe import lora_config
+from lab_utils.backstage.instructor import lora_config
 from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, denoise
 from lab_utils.errors import LabError
 from lab_utils.models import count_parameters, fingerprint, parameter_report
@@ -20,14 +20,24 @@ def add_lora(model, config):
     return get_peft_model(copy.deepcopy(model), config)
 
 
+def loss_history(trainer) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+
+
 def train(model, tokenizer, train_dataset, out, **changes):
     """A few steps of the recipe's trainer at a high learning rate, so that weights really move."""
     from conftest import SETTINGS
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from lab_utils.backstage.recipe import make_trainer, training_arguments
+    from lab_utils.backstage.instructor import data_collator
 
     settings = SETTINGS.replace(train_batch_size=4, **changes)
-    trainer = make_trainer(model, tokenizer, train_dataset, training_arguments(settings, 1e-2, out, max_steps=3))
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out), learning_rate=1e-2, weight_decay=0.01, per_device_train_batch_size=4, max_steps=3,
+        gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed,
+    )  # fmt: skip
+    trainer = Seq2SeqTrainer(model, args, train_dataset=train_dataset, data_collator=data_collator(tokenizer, model))
     trainer.train()
     return trainer
 
@@ -62,7 +72,7 @@ def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_
 
     from conftest import SETTINGS
 
-    from lab_utils.backstage.recipe import loss_history, tokenize
+    from lab_utils.backstage.instructor import tokenize
     from lab_utils.data import load_dialogsum_csv
 
     before = fingerprint(tiny_model)
@@ -82,7 +92,7 @@ def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dat
 
     from conftest import SETTINGS
 
-    from lab_utils.backstage.recipe import loss_history, tokenize
+    from lab_utils.backstage.instructor import tokenize
     from lab_utils.data import load_dialogsum_csv
 
     dataset = tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]

@@ -31,7 +31,7 @@ def measure(sizes: dict, tokenizer_dir: str, examples: list[dict], lora: bool, c
     block's activations are recomputed in the backward pass instead of kept), as `LAB_GRADIENT_CHECKPOINTING=1`
     does in the lab."""
     from ...models import count_parameters
-    from ..recipe import lora_config
+    from ..instructor import lora_config
 
     sz = Sizes(**sizes)
     tokenizer = load_tokenizer(tokenizer_dir)

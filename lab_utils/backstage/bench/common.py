@@ -189,7 +189,7 @@ def our_batches(tokenizer, examples: list[dict], batch_size: int, sizes: Sizes, 
 
     from datasets import Dataset, DatasetDict
 
-    from ..recipe import data_collator, tokenize
+    from ..instructor import data_collator, tokenize
 
     rows = {k: [e[k] for e in examples] for k in ("dialogue", "summary")}
     settings = bench_settings(sizes)

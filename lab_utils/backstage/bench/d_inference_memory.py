@@ -14,7 +14,7 @@ def save_models(sizes: dict, out_dir: str) -> dict:
     """Save a random flan-t5-base and a LoRA adapter for it (as the instructor's run would)."""
     from peft import get_peft_model
 
-    from ..recipe import lora_config
+    from ..instructor import lora_config
 
     model = build_model(Sizes(**sizes).model)
     model.save_pretrained(Path(out_dir) / "full")

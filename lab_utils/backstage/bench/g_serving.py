@@ -19,7 +19,7 @@ def adapter_with_weights(model, seed: int):
     import torch
     from peft import get_peft_model
 
-    from ..recipe import lora_config
+    from ..instructor import lora_config
 
     torch.manual_seed(seed)
     peft_model = get_peft_model(copy.deepcopy(model), lora_config())
