@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
         "--fast-inference",
         choices=ENGINES,
         default="pytorch",
-        help="the engine that generates the results file: PyTorch (at LAB_PRECISION) or CTranslate2 (CPU)",
+        help="the engine that generates the results files: PyTorch (LAB_PRECISION), or CTranslate2 int8 or fp32 (CPU)",
     )
     rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")

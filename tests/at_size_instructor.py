@@ -57,7 +57,7 @@ def watch(proc: subprocess.Popen, run: Path, out: list[str], peak: dict) -> None
                 peak["rss_gb"] = max(peak.get("rss_gb", 0.0), rss)
             except (OSError, StopIteration):
                 pass
-            disk = sum(tree_size(p) for p in run.glob("*.partial"))
+            disk = sum(tree_size(p) for p in run.glob("*.trainer"))
             peak["checkpoints_gb"] = max(peak.get("checkpoints_gb", 0.0), disk / 1e9)
             time.sleep(0.5)
 
@@ -102,7 +102,7 @@ def main() -> int:
         "CI": "1",  # a log, not a terminal: a progress line at every step
     }
     command = [sys.executable, "-m", "lab_utils", "instructor", "--no-upload"]
-    first = run / "flan-dialogue-summary-checkpoint.partial" / "trainer" / f"checkpoint-{args.every}"
+    first = run / "flan-dialogue-summary-checkpoint.trainer" / f"checkpoint-{args.every}"
     out, peak = [], {}
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -122,7 +122,7 @@ def main() -> int:
     proc.wait()
     resumed_s = time.perf_counter() - t0
     text = "".join(out2)
-    resumed = re.search(r"Resuming the (.*) from (checkpoint-\d+) \(step (\d+) of (\d+)\)", text)
+    resumed = re.search(r"Resuming the (.*) stage from (checkpoint-\d+)", text)
     per_step = re.findall(r"  (.*): step \d+/\d+, ([\d.]+) s/step", "".join(out) + text)
     print("\n| what | measured |\n|---|---|")
     print(f"| resumed | {resumed.group(0) if resumed else 'NO'} |")

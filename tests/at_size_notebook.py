@@ -32,7 +32,7 @@ def build_world(work: Path) -> dict[str, Path]:
     from peft import get_peft_model
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from lab_utils.backstage.recipe import lora_config
+    from lab_utils.backstage.instructor import lora_config
     from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
     from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
     from lab_utils.config import RELEASE_DIR

@@ -143,11 +143,12 @@ def trained_adapter(model, folder, seed: int, std: float = 0.3):
     import copy
 
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
+
+    from lab_utils.backstage.instructor import lora_config
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q", "v"], task_type=TaskType.SEQ_2_SEQ_LM)
-    peft_model = get_peft_model(copy.deepcopy(model), config)
+    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

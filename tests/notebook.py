@@ -36,19 +36,6 @@ def output_text(cell: dict) -> str:
     return "\n".join(parts)
 
 
-def tokenize(dataset, tokenizer, settings):
-    """The notebook's `tokenize_function` (its cell's definition alone) mapped over every row of `dataset`."""
-    import ast
-
-    from lab_utils.data import build_prompt
-
-    tree = ast.parse(source("tokenize"))
-    tree.body = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
-    namespace = {"tokenizer": tokenizer, "settings": settings, "build_prompt": build_prompt}
-    exec(compile(tree, "<notebook cell tokenize>", "exec"), namespace)
-    return dataset.map(namespace["tokenize_function"], batched=True, remove_columns=dataset["train"].column_names)
-
-
 def notebook_trainer(model, tokenizer, train_dataset, out, settings, lora: bool = False, rank: int = 4):
     """The trainer the notebook's cells build (3.1 collator, 3.2 or 4.1 + 4.2) for `model` on `train_dataset`."""
     import copy

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from notebook import run_cells, tokenize
 
+from lab_utils.backstage.instructor import data_collator, tokenize
 from lab_utils.config import load_settings
 from lab_utils.data import build_prompt, first_dialogue_rows, load_dialogsum_csv, split_sizes, unique_dialogues
 from lab_utils.errors import LabError
@@ -72,9 +72,7 @@ def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, token
     long = tok[0]
     short = dict(tok[1], labels=tok[1]["labels"][:4] + [tokenizer.eos_token_id])
     assert len(short["labels"]) < len(long["labels"])
-    # the notebook's collator cell (3.1)
-    collator = run_cells(["collator"], {"tokenizer": tokenizer, "original_model": tiny_model,
-                                        "tokenized_datasets": {"train": tok}})["data_collator"]  # fmt: skip
+    collator = data_collator(tokenizer, tiny_model)  # the notebook's cell 3.1
     batch = collator([short, long])
     n_pad = len(long["labels"]) - len(short["labels"])
     assert batch["labels"][0, -n_pad:].tolist() == [-100] * n_pad

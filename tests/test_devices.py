@@ -47,6 +47,15 @@ def test_precisions_a_cpu_cannot_run_are_refused(value, monkeypatch):
         load_settings("offline", environ={"LAB_PRECISION": value})
 
 
+def test_the_stage_identity_records_the_precision(monkeypatch, data_dir):
+    from lab_utils.backstage.instructor import identities
+    from lab_utils.data import load_dialogsum_csv
+
+    dataset = load_dialogsum_csv(data_dir)
+    ids = identities(SETTINGS, "fingerprint", dataset, "fp32")
+    assert identities(SETTINGS, "fingerprint", dataset, "bf16")["full"] != ids["full"]  # another precision: retrained
+
+
 def test_save_steps_must_be_a_multiple_of_eval_steps():
     with pytest.raises(LabError, match="`LAB_SAVE_STEPS`=75 must be a multiple of `LAB_EVAL_STEPS`=50"):
         load_settings("course", environ={"LAB_SAVE_STEPS": "75"})

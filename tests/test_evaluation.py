@@ -116,7 +116,8 @@ def test_the_committed_results_pass_the_story_and_a_constant_model_fails(release
     broken["peft_model_summaries"] = broken["peft_model_summaries"].mode()[0]  # ignores its input
     broken["instruct_model_summaries"] = "nan"  # writes nothing useful
     failed = {name for name, (ok, _) in story_checks(broken, train_summaries).items() if not ok}
-    assert {"peft: distinct summaries", "peft: beats the best constant on rouge1", "instruct: distinct summaries"} <= failed
+    expected = {"peft: distinct summaries", "peft: beats the best constant on rouge1", "instruct: distinct summaries"}
+    assert expected <= failed
     bar = constant_baseline(release_results, {"summary": train_summaries})
     assert compute_rouge(broken["peft_model_summaries"], broken["human_baseline_summaries"])["rouge1"] <= bar["rouge1"]
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lab_utils.backstage.instructor import lora_config
 from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, denoise
 from lab_utils.errors import LabError
 from lab_utils.models import count_parameters, fingerprint, parameter_report
-
-
-def lora_config(r: int = 32):
-    """The course's LoRA: rank r on q and v."""
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(r=r, lora_alpha=32, target_modules=["q", "v"], lora_dropout=0.05, task_type=TaskType.SEQ_2_SEQ_LM)
 
 
 def add_lora(model, config):
@@ -70,8 +64,8 @@ def test_lora_figures_of_the_course(flan_t5_base_shape):
 def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_dir, tmp_path):
 
     from conftest import SETTINGS
-    from notebook import tokenize
 
+    from lab_utils.backstage.instructor import tokenize
     from lab_utils.data import load_dialogsum_csv
 
     before = fingerprint(tiny_model)
@@ -88,8 +82,8 @@ def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dat
     """LAB_GRADIENT_CHECKPOINTING trades time for memory only: same losses, same trained weights."""
 
     from conftest import SETTINGS
-    from notebook import tokenize
 
+    from lab_utils.backstage.instructor import tokenize
     from lab_utils.data import load_dialogsum_csv
 
     dataset = tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]

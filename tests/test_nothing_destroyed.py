@@ -1,29 +1,18 @@
-"""Nothing the user owns is destroyed, and nothing broken is released: `release`, `run`, `summarize` and `bench`
-check their outputs and inputs first, then act. Each CLI case exits 2 with one message, no traceback, and no file
-changed.
-
-The finished run these tests release is the committed release laid out as an instructor run (its checkpoints,
-results files and the stage records its manifest keeps), so they need no training; DialogSum's training summaries
-(for the story checks' constant bar) come from `LAB_DATA_DIR`.
+"""Nothing the user owns is destroyed: `run`, `summarize` and `bench` check their outputs and inputs first, then act.
+Each CLI case exits 2 with one message, no traceback, and no file changed. (`release` and `build-model`:
+tests/test_instructor.py.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 
 import pytest
 
 from lab_utils.__main__ import NOTEBOOK, main
-from lab_utils.backstage.instructor import PUBLISHED
-from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
-from lab_utils.config import PROJECT_ROOT, RELEASE_DIR, load_settings
+from lab_utils.config import PROJECT_ROOT, load_settings
 
 OFFLINE = load_settings("offline", environ={})
-needs_dialogsum = pytest.mark.skipif(
-    not OFFLINE.path(OFFLINE.data_dir).is_dir(), reason=f"needs DialogSum in {OFFLINE.path(OFFLINE.data_dir)}"
-)
 
 
 def snapshot(folder) -> dict[str, str]:
@@ -44,137 +33,6 @@ def refused(code, capsys, *words) -> str:
     for word in words:
         assert word in err, err
     return err
-
-
-@pytest.fixture
-def finished_run(tmp_path, monkeypatch):
-    """A finished offline instructor run in `LAB_WORK_DIR` (the committed release, laid out as the run it was)."""
-    work = tmp_path / "work"
-    run = work / "offline" / "instructor-run"
-    run.mkdir(parents=True)
-    for name in PUBLISHED:
-        source = RELEASE_DIR / name
-        shutil.copytree(source, run / name) if source.is_dir() else shutil.copy2(source, run / name)
-    (run / "stages").mkdir()
-    for stage, identity in json.loads((RELEASE_DIR / "MANIFEST.json").read_text())["stages"].items():
-        (run / "stages" / f"{stage}.json").write_text(json.dumps(identity))
-    monkeypatch.setenv("LAB_PROFILE", "offline")
-    monkeypatch.setenv("LAB_WORK_DIR", str(work))
-    monkeypatch.chdir(tmp_path)
-    return run
-
-
-# --- 1. release never deletes or overwrites what the lab did not create ------------------------------------------
-
-
-def test_release_to_the_folder_of_a_checkout_changes_nothing(finished_run, tmp_path, capsys, monkeypatch):
-    clone = tmp_path / "clone"  # what `release --to .` met: a checkout, with an uncommitted file
-    (clone / ".git").mkdir(parents=True)
-    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    (clone / "my-notes.txt").write_text("uncommitted work\n")
-    monkeypatch.chdir(clone)
-    before, project = snapshot(clone), snapshot(PROJECT_ROOT)
-    refused(main(["release", "--to", "."]), capsys, str(clone), "did not write")
-    assert snapshot(clone) == before
-    assert snapshot(PROJECT_ROOT) == project  # nor the lab's own checkout (where '.' resolved before)
-
-
-def test_release_into_the_project_itself_is_refused(finished_run, capsys):
-    before = snapshot(PROJECT_ROOT)
-    refused(main(["release", "--to", str(PROJECT_ROOT)]), capsys, "lab's own")
-    refused(main(["release", "--to", str(PROJECT_ROOT / "lab_utils")]), capsys, "lab's own lab_utils")
-    assert snapshot(PROJECT_ROOT) == before
-
-
-def test_release_into_a_folder_with_a_user_s_file_keeps_it(finished_run, tmp_path, capsys):
-    dest = tmp_path / "shelf"
-    dest.mkdir()
-    (dest / "notes.txt").write_text("mine\n")
-    refused(main(["release", "--to", str(dest)]), capsys, "notes.txt")
-    assert snapshot(dest) == {"notes.txt": hashlib.sha256(b"mine\n").hexdigest()}
-
-
-def test_replacing_the_committed_release_needs_its_flag(finished_run, capsys):
-    before = snapshot(RELEASE_DIR)
-    with pytest.raises(SystemExit) as exit_:
-        main(["release"])  # neither --to nor --replace-committed: argparse's one message
-    assert exit_.value.code == 2
-    assert "--replace-committed" in capsys.readouterr().err
-    assert snapshot(RELEASE_DIR) == before
-
-
-@pytest.mark.slow
-@needs_dialogsum
-def test_a_relative_release_folder_is_the_user_s_and_a_release_may_replace_its_own(finished_run, tmp_path, capsys):
-    assert main(["release", "--to", "trial", "--made-by", "a test", "--build-seconds", "7"]) == 0
-    manifest = json.loads((tmp_path / "trial" / "MANIFEST.json").read_text())  # under the folder the user stands in
-    assert manifest["training_seconds"]["flan-t5-tiny"] == 7.0
-    assert main(["release", "--to", "trial", "--made-by", "again"]) == 0  # its own earlier release: replaced
-    assert json.loads((tmp_path / "trial" / "MANIFEST.json").read_text())["command"] == "again"
-    (tmp_path / "trial" / "notes.txt").write_text("mine\n")  # now it holds a user's file: refused
-    refused(main(["release", "--to", "trial"]), capsys, "notes.txt")
-    assert (tmp_path / "trial" / "notes.txt").read_text() == "mine\n"
-
-
-# --- 2. release publishes only what passes the checks ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("damage", "words"),
-    [
-        (lambda run: (run / FULL_CHECKPOINT / "model.safetensors").unlink(), ["model.safetensors"]),
-        (
-            lambda run: (run / PEFT_CHECKPOINT / "adapter_model.safetensors").write_bytes(b"garbage" * 100),
-            ["adapter_model.safetensors", "damaged"],
-        ),
-        (lambda run: (run / RESULTS_FILE).write_text("id,summary\n"), ["lacks column"]),
-    ],
-    ids=["checkpoint-weights-deleted", "adapter-weights-garbage", "results-file-damaged"],
-)
-def test_a_damaged_run_is_not_released(finished_run, tmp_path, capsys, damage, words):
-    damage(finished_run)
-    refused(main(["release", "--to", "trial"]), capsys, *words)
-    assert not (tmp_path / "trial").exists()
-
-
-@pytest.mark.slow
-@needs_dialogsum
-def test_adapters_are_released_only_with_the_base_they_were_trained_on(
-    finished_run, standin_dir, tmp_path, capsys, monkeypatch
-):
-    assert main(["release", "--to", "trial"]) == 0, capsys.readouterr().err  # its base: the committed stand-in
-    shutil.rmtree(tmp_path / "trial")
-    monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))  # another model: its adapters do not belong to it
-    refused(main(["release", "--to", "trial"]), capsys, "fingerprint", "LAB_MODEL_ID")
-    assert not (tmp_path / "trial").exists()
-
-
-@pytest.mark.slow
-@needs_dialogsum
-def test_a_results_file_that_fails_the_story_checks_is_not_released(finished_run, tmp_path, capsys):
-    import pandas as pd
-
-    frame = pd.read_csv(finished_run / RESULTS_FILE, dtype=str, keep_default_na=False)
-    for column in ("instruct_model_summaries", "peft_model_summaries"):  # models that ignore their input
-        frame[column] = "#Person1# and #Person2# are talking about the new job."
-    frame.to_csv(finished_run / RESULTS_FILE, index=False)
-    refused(main(["release", "--to", "trial"]), capsys, "story checks", "distinct summaries: 1 of 500")
-    assert not (tmp_path / "trial").exists()
-
-
-@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
-def test_the_manifest_s_numbers_are_finite_and_not_negative(finished_run, tmp_path, capsys, value):
-    with pytest.raises(SystemExit) as exit_:
-        main(["release", "--to", "trial", "--build-seconds", value])
-    assert exit_.value.code == 2 and "--build-seconds" in capsys.readouterr().err
-    assert not (tmp_path / "trial").exists()
-
-
-def test_a_run_with_a_non_finite_training_time_is_not_released(finished_run, tmp_path, capsys):
-    facts = finished_run / FULL_CHECKPOINT / "train_facts.json"
-    facts.write_text(json.dumps({**json.loads(facts.read_text()), "seconds": -3}))
-    refused(main(["release", "--to", "trial"]), capsys, "-3", "seconds")
-    assert not (tmp_path / "trial").exists()
 
 
 # --- 3. run and bench check their outputs before the work -----------------------------------------------------------

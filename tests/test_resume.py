@@ -1,10 +1,10 @@
-"""Resumable evaluation: generation interrupted (an exception, or SIGKILL of the real instructor process) picks up
-where it stopped, and the final results file equals an uninterrupted run's."""
+"""Training that survives a crash: the real instructor process, killed with SIGKILL after a checkpoint, resumes from
+the Trainer's checkpoint and ends with bitwise the weights of an uninterrupted run (committed stand-in, one thread,
+a full fine-tune of 24 steps with a checkpoint every 6)."""
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,170 +12,52 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SETTINGS, write_dialogsum
+from conftest import write_dialogsum
 
-from lab_utils.backstage.generation_cache import GenerationCache
-from lab_utils.generation import summarize
+from lab_utils.checkpoints import FULL_CHECKPOINT
+from lab_utils.config import RELEASE_DIR
 
-GEN = {"max_new_tokens": 6, "num_beams": 1, "do_sample": False}
-
-
-class Boom(RuntimeError):
-    pass
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, EVERY = 24, 6
 
 
-def _dialogues(data_dir):
-    from lab_utils.data import load_dialogsum_csv
-
-    return list(load_dialogsum_csv(data_dir)["test"]["dialogue"])
-
-
-def test_generation_cache_resumes_after_a_crash(tiny_model, tokenizer, data_dir, tmp_path):
-    dialogues = _dialogues(data_dir)
-    expected = summarize(tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False)
-    cache = tmp_path / "gen.jsonl"
-
-    calls = {"n": 0}
-    real_generate = tiny_model.generate
-
-    def failing_generate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Boom("killed mid-run")
-        return real_generate(*args, **kwargs)
-
-    tiny_model.generate = failing_generate
-    with pytest.raises(Boom):
-        summarize(
-            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-        )
-    assert len(cache.read_text().splitlines()) == 2  # two finished batches are on disk
-
-    calls["n"] = -100  # no more failures; count the batches generated on resume
-    resumed = summarize(
-        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-    )
-    assert resumed == expected
-    assert calls["n"] == -100 + 1  # 6 dialogues / 2 per batch = 3 batches, 2 were cached
+def environment(data: Path, work: Path) -> dict[str, str]:
+    settings = {"PROFILE": "offline", "DATA_DIR": data, "MODEL_ID": RELEASE_DIR / "flan-t5-tiny", "WORK_DIR": work,
+                "INSTRUCTOR_FULL_STEPS": STEPS, "INSTRUCTOR_LORA_STEPS": 2, "INSTRUCTOR_TOPIC_STEPS": 2,
+                "SAVE_STEPS": EVERY, "EVAL_STEPS": EVERY, "VALIDATION_ROWS": 4, "TRAIN_BATCH_SIZE": 8,
+                "EVAL_BATCH_SIZE": 8, "MAX_NEW_TOKENS": 8}  # fmt: skip
+    return {**os.environ, "OMP_NUM_THREADS": "1", **{f"LAB_{k}": str(v) for k, v in settings.items()}}
 
 
-def test_torn_last_line_and_foreign_cache_are_not_trusted(tiny_model, tokenizer, data_dir, tmp_path):
-    dialogues = _dialogues(data_dir)
-    cache = tmp_path / "gen.jsonl"
-    expected = summarize(
-        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-    )
-    lines = cache.read_text().splitlines(keepends=True)
-    cache.write_text("".join(lines[:2]) + lines[2][:10])  # killed while writing the third batch
-    assert (
-        summarize(
-            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-        )
-        == expected
-    )
-    assert len(cache.read_text().splitlines()) == 3
-
-    # other generation settings: the cache is discarded, not mixed in
-    other = summarize(
-        tiny_model,
-        tokenizer,
-        dialogues,
-        SETTINGS,
-        {**GEN, "max_new_tokens": 3},
-        batch_size=2,
-        progress=False,
-        store=GenerationCache(cache),
-    )
-    assert other == summarize(
-        tiny_model, tokenizer, dialogues, SETTINGS, {**GEN, "max_new_tokens": 3}, batch_size=2, progress=False
-    )
+def instructor(env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "lab_utils", "instructor", "--no-upload"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _instructor(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab_utils", "instructor", "--no-upload"],
-        cwd=Path(__file__).resolve().parent.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def finish(env: dict[str, str], work: Path) -> tuple[str, bytes]:
+    proc = instructor(env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out, (work / "offline" / "instructor-run" / FULL_CHECKPOINT / "model.safetensors").read_bytes()
 
 
 @pytest.mark.slow
-def test_instructor_killed_three_times_then_completed_equals_uninterrupted(tmp_path, standin_dir):
-    data = write_dialogsum(tmp_path / "dialogsum", n_train=40, n_test_dialogues=60, seed=3)
-    work = tmp_path / "work"
-    env = {
-        **os.environ,
-        "LAB_PROFILE": "offline",
-        "LAB_DATA_DIR": str(data),
-        "LAB_MODEL_ID": str(standin_dir),
-        "LAB_WORK_DIR": str(work),
-        "LAB_INSTRUCTOR_FULL_STEPS": "2",
-        "LAB_INSTRUCTOR_LORA_STEPS": "2",
-        "LAB_INSTRUCTOR_TOPIC_STEPS": "2",
-        "LAB_TRAIN_BATCH_SIZE": "4",
-        "LAB_EVAL_BATCH_SIZE": "2",
-        "LAB_MAX_NEW_TOKENS": "24",
-        "LAB_NO_REPEAT_NGRAM_SIZE": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    results = work / "offline" / "instructor-run" / "dialogue-summary-training-results.csv"
-    cache = work / "offline" / "instructor-run" / "generation"
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(3):
-        proc = _instructor(env)
-        for line in proc.stdout:  # wait until generation runs, then kill at a random moment
-            if line.startswith("Generating"):
-                break
-        time.sleep(rng.uniform(0.2, 2.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
-        kills += 1
-        assert not results.exists()  # killed before the end: no results file under the final name
-    assert kills == 3 and any(cache.glob("*.jsonl"))
-    proc = _instructor(env)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and "resuming" in out
-    interrupted = results.read_bytes()
+def test_a_killed_stage_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path):
+    data = write_dialogsum(tmp_path / "dialogsum", n_train=240, n_val=8, n_test_dialogues=2, seed=5)
+    out, weights = finish(environment(data, tmp_path / "once"), tmp_path / "once")
+    assert "Resuming" not in out
 
-    # the same stage, uninterrupted, on the same checkpoints
-    results.unlink()  # (the run notices its results stage is incomplete and generates it again)
-    proc = _instructor(env)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0 and "resuming" not in out
-    assert results.read_bytes() == interrupted
-
-
-def test_a_damaged_cache_line_is_set_aside_and_generation_redone(tiny_model, tokenizer, data_dir, tmp_path):
-    dialogues = _dialogues(data_dir)
-    cache = tmp_path / "gen.jsonl"
-    expected = summarize(
-        tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-    )
-    lines = cache.read_text().splitlines(keepends=True)
-    cache.write_text(lines[0] + "this is not JSON\n" + lines[1])  # something else wrote into the cache
-    with pytest.warns(UserWarning, match="had a damaged line; moved it to .*gen.jsonl.damaged"):
-        again = summarize(
-            tiny_model, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=GenerationCache(cache)
-        )
-    assert again == expected
-    assert (tmp_path / "gen.jsonl.damaged").read_text().count("\n") == 3
-    assert len(cache.read_text().splitlines()) == 3
-
-
-def test_int8_generation_can_use_the_cache(tiny_model, tokenizer, data_dir, tmp_path):
-    from lab_utils.engines import prepare_for_inference
-    from lab_utils.models import fingerprint
-
-    quantized = prepare_for_inference(tiny_model, "int8")
-    assert fingerprint(quantized) != fingerprint(tiny_model)  # a different model: its own cache key
-    dialogues = _dialogues(data_dir)
-    first, again = (
-        summarize(quantized, tokenizer, dialogues, SETTINGS, GEN, batch_size=2, progress=False, store=cache)
-        for cache in (GenerationCache(tmp_path / "q.jsonl"), GenerationCache(tmp_path / "q.jsonl"))
-    )
-    assert first == again and len((tmp_path / "q.jsonl").read_text().splitlines()) == 3
+    work = tmp_path / "killed"
+    env = environment(data, work)
+    proc = instructor(env)
+    target = work / "offline" / "instructor-run" / f"{FULL_CHECKPOINT}.trainer" / f"checkpoint-{2 * EVERY}"
+    deadline = time.monotonic() + 300
+    while not (target / "trainer_state.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work / "offline" / "instructor-run" / FULL_CHECKPOINT).exists()  # the stage did not finish
+    out, resumed = finish(env, work)
+    assert "Resuming the full stage from checkpoint-" in out
+    assert resumed == weights  # bitwise: same data order, optimizer, scheduler and random states

@@ -1,7 +1,9 @@
 """The instructor command: train what the notebook trains, for longer; summarize the whole test set; publish.
 
-Stages, each with its own folder in `data/<profile>/instructor-run/` and an identity (what its result depends on:
-the original model's weights, the data, the recipe, the generation settings), kept in `stages/<stage>.json`:
+The recipe is the notebook itself: its cells `tokenize`, `collator`, `full-training-args`, `lora-config` and
+`lora-training-args` are executed here (with the instructor's step counts), and only how the run goes is changed
+(checkpoints, the validation loss, the best checkpoint kept). Stages, each an output in the run folder
+(`data/<profile>/instructor-run/`):
 
   full     the fully fine-tuned ("instruct") model          -> flan-dialogue-summary-checkpoint/
   lora     the LoRA adapter for summaries                    -> peft-dialogue-summary-checkpoint/
@@ -9,83 +11,68 @@ the original model's weights, the data, the recipe, the generation settings), ke
   results  every test row summarized by the three models     -> dialogue-summary-training-results.csv
            and every test dialogue's topic by the topic adapter -> dialogue-topic-results.csv
 
-A re-run reuses every stage whose identity is unchanged: a changed generation setting regenerates, it does not
-retrain. A stage whose identity changed is moved aside (`<name>.previous`) and removed only once its replacement is
-complete; running again with the old settings brings it back instead of training it again. Every stage is written
-under a temporary name and renamed when complete, and checked (finite losses and weights, no empty summary) before
-anything is published. One instructor process at a time works on a run folder (a lock).
+A stage is done when its output records the identity it would be made with now: a hash of the settings it reads, the
+original model's fingerprint, the datasets' fingerprints, the recipe cells' text and the precision. Training saves
+Trainer checkpoints every `LAB_SAVE_STEPS` steps in `<output>.trainer/`; a rerun resumes from the newest whole one.
+Each finished column of summaries is kept in `generation/`, so a rerun regenerates only what changed.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
-import fcntl
+import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
+import torch
+from transformers import TrainerCallback
+
+from .. import data
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
-from ..config import Settings, looks_like_hub_id
+from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
+from ..engines import ENGINES
 from ..errors import LabError
-from .generation_cache import GenerationCache
+from ..files import write_file, write_folder, write_json
 from .local_s3 import local_s3_for
 from .publish import check_publish_target, upload_folder
-from .recipe import (
-    instructor_run_options,
-    is_main_process,
-    lora_config,
-    make_trainer,
-    recipe_identity,
-    recipe_of,
-    tokenize,
-    training_arguments,
-)
 
-# the settings each stage's result depends on (besides the original model's weights and the data)
-TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio")
-GENERATION_SETTINGS = ("max_source_length", "max_new_tokens", "no_repeat_ngram_size", "eval_batch_size")
+NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
+LORA_CELLS = ("lora-config", "lora-training-args")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Stage:
-    """One training stage of the instructor's run: the one table training, identity, results and release read."""
-
-    name: str  # its record in stages/<name>.json
-    folder: str  # what it writes (and publishes) in the run folder
-    label: str  # how messages name it
-    lr_setting: str  # the settings field of its learning rate
-    steps_setting: str  # the settings field of its step count
-    lora: bool  # a LoRA adapter on the original model (else all weights are trained)
-    task: str = "summary"  # "summary" (the course's prompt and target) or "topic"
-
-    def lr(self, settings: Settings) -> float:
-        return getattr(settings, self.lr_setting)
-
-    def steps(self, settings: Settings) -> int:
-        return getattr(settings, self.steps_setting)
-
-    @property
-    def prompt(self):
-        from ..data import build_prompt, build_topic_prompt
-
-        return build_topic_prompt if self.task == "topic" else build_prompt
+    name: str
+    folder: str  # its output in the run folder (published as is)
+    cells: tuple[str, ...]  # the notebook's cells that build its trainer (after `tokenize` and `collator`)
+    trainer: str  # the variable those cells leave the trainer in
+    lr_setting: str
+    steps_setting: str  # the instructor's step count, given to the cells as ...
+    notebook_steps: str  # ... the setting they read
+    topic: bool = False  # trained on the `topic` column with `build_topic_prompt`
 
 
-TRAINED = (
-    Stage("full", FULL_CHECKPOINT, "full fine-tuned (instruct) model", "full_lr", "instructor_full_steps", False),
-    Stage("lora", PEFT_CHECKPOINT, "LoRA adapter", "lora_lr", "instructor_lora_steps", True),
-    Stage("topic", TOPIC_CHECKPOINT, "topic LoRA adapter", "lora_lr", "instructor_topic_steps", True, "topic"),
-)
-STAGES = {stage.name: stage for stage in TRAINED}
-STAGE_NAMES = (*STAGES, "results")  # the results stage: every test row summarized, every topic named
-PUBLISHED = (*(stage.folder for stage in TRAINED), RESULTS_FILE, TOPIC_RESULTS_FILE)
+STAGES = (
+    Stage("full", FULL_CHECKPOINT, ("full-training-args",), "trainer", "full_lr", "instructor_full_steps",
+          "notebook_full_steps"),
+    Stage("lora", PEFT_CHECKPOINT, LORA_CELLS, "peft_trainer", "lora_lr", "instructor_lora_steps",
+          "notebook_lora_steps"),
+    Stage("topic", TOPIC_CHECKPOINT, LORA_CELLS, "peft_trainer", "lora_lr", "instructor_topic_steps",
+          "notebook_lora_steps", topic=True),
+)  # fmt: skip
+PUBLISHED = (*(stage.folder for stage in STAGES), RESULTS_FILE, TOPIC_RESULTS_FILE)
+# the settings a trained stage depends on, besides its learning rate and step count (the validation loss, measured
+# every `eval_steps` on `validation_rows` rows, picks the checkpoint kept among those saved every `save_steps`)
+TRAINING_SETTINGS = ("seed", "max_source_length", "max_target_length", "train_batch_size", "warmup_ratio",
+                     "save_steps", "eval_steps", "validation_rows")  # fmt: skip
+GENERATION_SETTINGS = ("max_source_length", "max_new_tokens", "no_repeat_ngram_size", "eval_batch_size")
 
 
 def run_dir(settings: Settings) -> Path:
@@ -93,288 +80,212 @@ def run_dir(settings: Settings) -> Path:
     return settings.work_path / settings.profile / "instructor-run"
 
 
-def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON under a temporary name, flush it to disk, then rename: a crash leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def hash_of(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def text_digest(*columns) -> str:
-    """A short hash of some text columns (the data a stage learned from or generated for)."""
-    h = hashlib.sha256()
-    for column in columns:
-        for text in column:
-            h.update(text.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
+def recorded(path: Path) -> str | None:
+    """The identity a JSON record holds (None: no record, or a damaged one)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value.get("identity") if isinstance(value, dict) else None
 
 
-class Stages:
-    """The stages of one run folder: their identities, reuse, setting aside and restoring."""
+# --- the notebook's cells ------------------------------------------------------------------------------------------
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.records = root / "stages"
 
-    def _record(self, stage: str) -> Path:
-        return self.records / f"{stage}.json"
+def cell_source(cell_id: str) -> str:
+    cells = {c.get("id"): "".join(c["source"]) for c in json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]}
+    if cell_id not in cells:
+        raise LabError(f"{NOTEBOOK.name} has no cell {cell_id!r}, which holds the recipe", "restore it from git")
+    return cells[cell_id]
 
-    def identity(self, stage: str, previous: bool = False) -> dict | None:
-        """The identity recorded for a stage (or its set-aside copy); a damaged record is set aside with a warning."""
-        path = self._record(stage + (".previous" if previous else ""))
-        if not path.is_file():
-            return None
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(value, dict):
-                raise ValueError("not a JSON object")
-            return value
-        except (ValueError, UnicodeDecodeError) as exc:
-            aside = path.with_name(path.name + ".damaged")
-            path.replace(aside)
-            print(f"Warning: {path} was damaged ({exc}); moved it to {aside.name}; the stage '{stage}' is done again.")
-            return None
 
-    def done(self, stage: str, outputs: list[Path], identity: dict) -> bool:
-        """True when the stage is complete with this identity. Otherwise its outputs are set aside (or a set-aside
-        copy with this identity is brought back, which also counts as done)."""
-        if self.identity(stage) == identity and all(p.exists() for p in outputs):
+def run_cell(cell_id: str, namespace: dict, keep: set[str] | None = None) -> dict:
+    """Execute a notebook cell in `namespace`, without its `print` lines; with `keep`, only its imports and the
+    statements that define those names."""
+
+    def wanted(node) -> bool:
+        if isinstance(node, ast.Expr) and getattr(getattr(node.value, "func", None), "id", "") == "print":
+            return False
+        if keep is None or isinstance(node, ast.Import | ast.ImportFrom):
             return True
-        if any(p.exists() for p in outputs):
-            self._set_aside(stage, outputs)
-        if self.identity(stage, previous=True) == identity and all(_previous(p).exists() for p in outputs):
-            for p in outputs:
-                _previous(p).rename(p)
-            self._record(stage + ".previous").rename(self._record(stage))
-            print(f"Stage '{stage}': brought back the result set aside earlier (same settings).")
-            return True
-        return False
-
-    def _set_aside(self, stage: str, outputs: list[Path]) -> None:
-        print(
-            f"Stage '{stage}': settings or inputs changed; its earlier result is kept aside until the new one is done."
+        names = (
+            {node.name}
+            if isinstance(node, ast.FunctionDef)
+            else {getattr(t, "id", "") for t in getattr(node, "targets", ())}
         )
-        for p in outputs:
-            _remove(_previous(p))
-            if p.exists():
-                p.rename(_previous(p))
-        record = self._record(stage)
-        if record.is_file():
-            record.replace(self._record(stage + ".previous"))
-        else:
-            self._record(stage + ".previous").unlink(missing_ok=True)
+        return bool(names & keep)
 
-    def complete(self, stage: str, outputs: list[Path], identity: dict) -> None:
-        """Record a finished stage and drop what was set aside for it."""
-        self.records.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self._record(stage), identity)
-        for p in outputs:
-            _remove(_previous(p))
-        self._record(stage + ".previous").unlink(missing_ok=True)
+    tree = ast.parse(cell_source(cell_id))
+    tree.body = [node for node in tree.body if wanted(node)]
+    exec(compile(tree, f"<notebook cell {cell_id}>", "exec"), namespace)  # noqa: S102 - the lab's own notebook
+    return namespace
 
 
-def _previous(path: Path) -> Path:
-    return path.with_name(path.name + ".previous")
+def tokenize(dataset, tokenizer, settings: Settings, prompt=None):
+    """Notebook 3.1: the cell's `tokenize_function` mapped over every split (`prompt`: instead of `build_prompt`)."""
+    namespace = {"tokenizer": tokenizer, "settings": settings, "build_prompt": prompt or data.build_prompt}
+    function = run_cell("tokenize", namespace, keep={"tokenize_function"})["tokenize_function"]
+    return dataset.map(function, batched=True, remove_columns=dataset["train"].column_names)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def data_collator(tokenizer, model):
+    """Notebook 3.1: the cell's `DataCollatorForSeq2Seq`."""
+    return run_cell("collator", {"tokenizer": tokenizer, "original_model": model}, keep={"data_collator"})[
+        "data_collator"
+    ]
 
 
-@contextmanager
-def run_lock(root: Path):
-    """Hold the run folder's lock; a second instructor process on the same folder stops with a clear message."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise LabError(
-                f"another instructor command ({holder}) is working in {root}",
-                "wait for it to finish (or stop it), then run this command again; it reuses what that one finished",
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def lora_config(r: int = 32):
+    """Notebook 4.1: the cell's `LoraConfig` (rank `r`)."""
+    return run_cell("lora-config", {"LORA_RANK": r}, keep={"lora_config"})["lora_config"]
 
 
-def remove_debris(root: Path) -> None:
-    """Remove the files an interrupted run left half-written (`*.tmp`); the lock is held, so no other instructor is
-    writing them. (A stage's `.partial` folder is resumed from, or removed, when the stage comes.)"""
-    for path in sorted([*root.glob("*.tmp"), *root.glob("stages/*.tmp")]):
-        print(f"Removing {path.name}, left half-written by an interrupted run")
-        _remove(path)
+# --- training -------------------------------------------------------------------------------------------------------
 
 
-def check_losses(log_history: list[dict], what: str, setting: str) -> None:
-    """Stop with a clear message when training produced a non-finite loss or gradient norm (it diverged)."""
-    for entry in log_history:
-        for key in ("loss", "grad_norm"):
-            value = entry.get(key)
-            if value is not None and not math.isfinite(value):
-                raise LabError(
-                    f"training the {what} diverged: {key} = {value} at step {entry.get('step')}; nothing was saved",
-                    f"lower `{setting}` (now the learning rate that diverged) and run the command again",
-                )
+class Progress(TrainerCallback):
+    """A stage's plan; after 3 steps its seconds per step and expected end; in a log, a line every tenth."""
+
+    def __init__(self, label: str, terminal: bool):
+        self.label, self.terminal, self.first, self.start = label, terminal, 0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        print(f"Training the {self.label}: {state.max_steps} steps (from step {state.global_step}), batch "
+              f"{args.per_device_train_batch_size}, learning rate {args.learning_rate}", flush=True)  # fmt: skip
+        self.first = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done, tenth = state.global_step - self.first, max(1, state.max_steps // 10)
+        self.start = time.perf_counter() if done == 1 else self.start
+        if done == 3 or (done > 3 and not self.terminal and state.global_step % tenth == 0):
+            per_step = (time.perf_counter() - self.start) / (done - 1)
+            end = time.strftime("%H:%M", time.localtime(time.time() + (state.max_steps - state.global_step) * per_step))
+            print(f"  {self.label}: step {state.global_step}/{state.max_steps}, {per_step:.2f} s/step, ends ~{end}",
+                  flush=True)  # fmt: skip
 
 
-def checkpoints_newest_first(trainer_dir: Path) -> list[Path]:
-    """The Trainer's `checkpoint-<step>` folders, newest first."""
-    found = [p for p in trainer_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: -int(p.name.split("-")[-1]))
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a Trainer checkpoint cannot be resumed from (a file missing, truncated or unreadable), or None."""
-    import zipfile
-
-    from ..models import ADAPTER_WEIGHTS, MODEL_WEIGHTS, read_json, tensor_shapes
+def checkpoint_problem(folder: Path, max_steps: int) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from, or None when it is whole."""
+    from ..models import ADAPTER_WEIGHTS, MODEL_WEIGHTS, non_finite_tensors, read_json, tensor_shapes, weights_file
 
     try:
-        read_json(folder / "trainer_state.json", "checkpoint", "")
-        weights = next((folder / n for n in (*MODEL_WEIGHTS, *ADAPTER_WEIGHTS) if (folder / n).is_file()), None)
-        if weights is None:
-            return "no weights file"
+        step = read_json(folder / "trainer_state.json", "checkpoint", "").get("global_step")
+        if not isinstance(step, int) or not 0 < step <= max_steps:
+            return f"trainer_state.json gives step {step!r} (of {max_steps})"
+        weights = weights_file(folder, (*MODEL_WEIGHTS, *ADAPTER_WEIGHTS), "checkpoint", "")
         tensor_shapes(weights, "checkpoint", "")
-        for name in ("optimizer.pt", "scheduler.pt"):
+        if non_finite_tensors(weights):
+            return "non-finite weights"
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
             with zipfile.ZipFile(folder / name) as archive:  # torch.save writes a zip: a torn one has no directory
-                bad = archive.testzip()
-            if bad is not None:
-                return f"{name} is damaged ({bad})"
+                if archive.testzip() is not None:
+                    return f"{name} is damaged"
     except (LabError, OSError, zipfile.BadZipFile) as exc:
         return str(exc).splitlines()[0]
     return None
 
 
-def resume_point(trainer_dir: Path, set_aside: bool = True) -> Path | None:
-    """The newest whole checkpoint to resume from; a damaged newer one is set aside (`.damaged`) with a warning
-    (by the main process; the others only skip it)."""
-    for folder in checkpoints_newest_first(trainer_dir):
-        problem = checkpoint_problem(folder)
+def resume_point(folder: Path, max_steps: int) -> str | None:
+    """The newest whole checkpoint in a trainer folder; newer damaged ones are removed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while folder.is_dir() and (last := get_last_checkpoint(str(folder))) is not None:
+        problem = checkpoint_problem(Path(last), max_steps)
         if problem is None:
-            return folder
-        if not set_aside:
-            continue
-        aside = folder.with_name(folder.name + ".damaged")
-        _remove(aside)
-        folder.rename(aside)
-        print(f"Warning: {folder.name} cannot be resumed from ({problem}); set it aside as {aside.name}", flush=True)
+            return last
+        print(f"Warning: {Path(last).name} cannot be resumed from ({problem}); removed it", flush=True)
+        shutil.rmtree(last)
     return None
 
 
-def _train_stage(model, tokenizer, data, out: Path, stage: Stage, settings: Settings, identity: dict, progress: bool):
-    """Train one stage with the notebook's recipe; rank 0 saves the best model by validation loss to `out`.
+def stage_trainer(stage: Stage, settings: Settings, world: dict, folder: Path, progress: bool):
+    """The notebook's cells for this stage, run with the instructor's step count; their trainer's model, data and
+    collator in a `Seq2SeqTrainer` that checkpoints, measures the validation loss and keeps the best checkpoint."""
+    from transformers import Seq2SeqTrainer
 
-    The Trainer saves a checkpoint every `LAB_SAVE_STEPS` steps under `<out>.partial/trainer/`; a run of the same
-    identity resumes from the newest whole one (same data order, optimizer, scheduler and random states), a run of
-    another identity starts over. The best checkpoint by validation loss (measured every `LAB_EVAL_STEPS` steps) is
-    what is saved; the checkpoints are removed once the stage is complete.
-    """
-    from .progress import StageProgress
+    from ..models import fingerprint
 
-    tmp = out.with_name(out.name + ".partial")
-    started = tmp / "identity.json"
-    t0 = time.time()
-    device, precision, steps = best_device(), identity["precision"], stage.steps(settings)
-    args = training_arguments(  # under torchrun this also joins the processes' group
-        settings,
-        stage.lr(settings),
-        tmp / "trainer",
-        steps,
-        logging_steps=max(1, min(settings.eval_steps, steps // 50)),
-        **instructor_run_options(settings, precision, progress),
-    )
-    with args.main_process_first(desc="the stage's checkpoints"):  # rank 0 tidies them, then every rank reads them
-        if is_main_process():
-            if tmp.exists() and (not started.is_file() or json.loads(started.read_text(encoding="utf-8")) != identity):
-                _remove(tmp)  # half of a run with other settings: nothing to resume
-            tmp.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(started, identity)
-        resume = resume_point(tmp / "trainer", set_aside=is_main_process())
-    trainer = make_trainer(model, tokenizer, data["train"], args, eval_dataset=data["validation"])
-    trainer.add_callback(StageProgress(stage.label, settings.train_batch_size, device, precision, progress))
-    if resume is not None:
-        print(f"Resuming the {stage.label} from {resume.name} (step {resume.name.split('-')[-1]} of {steps})")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if not trainer.is_world_process_zero():
-        return  # data-parallel: the other processes helped train; rank 0 saves
-    check_losses(trainer.state.log_history, stage.label, "LAB_" + stage.lr_setting.upper())
-    best = Path(trainer.state.best_model_checkpoint or "none").name
-    _remove(tmp / "trainer")
+    namespace = {
+        **world,
+        "settings": settings.replace(**{stage.notebook_steps: getattr(settings, stage.steps_setting)}),
+        "tokenized_datasets": world["tokenized"][stage.topic],
+        "build_prompt": data.build_topic_prompt if stage.topic else data.build_prompt,
+        "fingerprint": fingerprint,
+        "copy": copy,
+        "torch": torch,
+        "LORA_RANK": 32,
+    }
+    run_cell("full-training-args", namespace, keep=set())  # its imports: the LoRA cells use them too
+    for cell in ("collator", *stage.cells):
+        run_cell(cell, namespace, keep={"data_collator"} if cell == "collator" else None)
+    cell = namespace[stage.trainer]
+    args = dataclasses.replace(
+        cell.args, output_dir=str(folder), save_strategy="steps", save_steps=settings.save_steps,
+        save_total_limit=2, eval_strategy="steps", eval_steps=settings.eval_steps,
+        per_device_eval_batch_size=settings.eval_batch_size, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=max(1, min(settings.eval_steps, cell.args.max_steps // 50)), disable_tqdm=not progress,
+    )  # fmt: skip
+    return Seq2SeqTrainer(model=cell.model, args=args, train_dataset=cell.train_dataset,
+                          eval_dataset=cell.eval_dataset, data_collator=cell.data_collator,
+                          callbacks=[Progress(stage.name, progress)])  # fmt: skip
+
+
+def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identity: str, progress: bool) -> None:
+    """Train one stage (resuming from its newest whole checkpoint) and save the best model to its output folder."""
+    t0, folder = time.time(), out / f"{stage.folder}.trainer"
+    if folder.exists() and recorded(folder / "stage.json") != identity:
+        shutil.rmtree(folder)  # another identity's checkpoints: nothing to resume
+    write_json(folder / "stage.json", {"identity": identity})
+    trainer = stage_trainer(stage, settings, world, folder, progress)
+    resume = resume_point(folder, trainer.args.max_steps)
+    if resume:
+        print(f"Resuming the {stage.name} stage from {Path(resume).name}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    for entry in trainer.state.log_history:
+        for key in ("loss", "grad_norm"):
+            if not math.isfinite(entry.get(key, 0.0)):
+                raise LabError(
+                    f"training the {stage.name} stage diverged: {key} = {entry[key]} at step {entry.get('step')}; "
+                    "nothing was saved",
+                    f"lower `LAB_{stage.lr_setting.upper()}` (the learning rate that diverged) and run it again",
+                )
     model = trainer.model.to("cpu")
     if settings.offline:
         model.half()  # the offline release is committed to git: fp16 on disk, loaded as float32
-    model.save_pretrained(tmp)
-    if not stage.lora:  # a full checkpoint carries its tokenizer; an adapter is only the adapter
-        tokenizer.save_pretrained(tmp)
-    write_json_atomic(tmp / "train_log.json", trainer.state.log_history)
-    facts = {
-        "world_size": args.world_size,
-        "seconds": round(time.time() - t0),
-        "recipe": recipe_of(args),
-        "device": device,
-        "precision": precision,
-        "best_checkpoint": best,
-        "best_eval_loss": trainer.state.best_metric,
-    }
-    write_json_atomic(tmp / "train_facts.json", facts)
-    started.unlink()
-    tmp.rename(out)
-    print(f"Saved the {stage.label} ({best}: the best validation loss) to {out} ({time.time() - t0:.0f} s)", flush=True)
+    with write_folder(out / stage.folder, mark=False) as tmp:
+        model.save_pretrained(tmp)
+        if stage.name == "full":  # a full checkpoint carries its tokenizer; an adapter is only the adapter
+            world["tokenizer"].save_pretrained(tmp)
+        write_json(tmp / "train_log.json", trainer.state.log_history)
+        facts = {"identity": identity, "original": world["original_fingerprint"], "seconds": round(time.time() - t0),
+                 "precision": world["precision"], "device": world["device"],
+                 "best_checkpoint": Path(trainer.state.best_model_checkpoint or "none").name,
+                 "best_eval_loss": trainer.state.best_metric}  # fmt: skip
+        write_json(tmp / "train_facts.json", facts)
+    shutil.rmtree(folder)
+    print(f"Saved the {stage.name} stage to {out / stage.folder} ({time.time() - t0:.0f} s)", flush=True)
 
 
-def _check_summaries(column: str, texts: list[str]) -> None:
-    empty = sum(not t.strip() for t in texts)
-    if empty:
-        raise LabError(
-            f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results file was "
-            "not written (and nothing was published)",
-            "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
-        )
+def identities(settings: Settings, original_fingerprint: str, dataset, precision: str) -> dict[str, str]:
+    """Each trained stage's identity (see the module's docstring)."""
+    splits = {split: dataset[split]._fingerprint for split in ("train", "validation")}
+    return {
+        stage.name: hash_of({
+            "settings": {k: getattr(settings, k) for k in (*TRAINING_SETTINGS, stage.lr_setting, stage.steps_setting)},
+            "original": original_fingerprint, "data": splits, "precision": precision,
+            "recipe": [cell_source(c) for c in ("tokenize", "collator", *stage.cells)],
+            "prompt": (data.build_topic_prompt if stage.topic else data.build_prompt)("{dialogue}"),
+        })
+        for stage in STAGES
+    }  # fmt: skip
 
 
-def run_instructor(
-    settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "fp32"
-) -> Path:
-    """Train, evaluate on the full test set, and (optionally) publish; returns the run folder.
-
-    `fast_inference` (an engine of `engines.ENGINES`: "int8", "bf16", "ctranslate2", ...) speeds up the test-set
-    generation on CPUs (`bench --only 4` measures its speed); it is part of the results' identity.
-    """
-    from ..data import load_dialogsum
-
-    if upload:
-        local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
-    out = run_dir(settings)
-    original, tokenizer = _load_original(settings)
-    dataset = load_dialogsum(settings)
-    if not is_main_process():
-        return _train_stages(settings, out, original, tokenizer, dataset, progress)
-    with run_lock(out):
-        remove_debris(out)
-        if upload:
-            check_publish_target(settings)  # before hours of training, not after
-        _train_stages(settings, out, original, tokenizer, dataset, progress)
-        _results_stage(settings, out, original, tokenizer, dataset["test"], progress, fast_inference)
-        if upload:
-            upload_folder(settings, out, PUBLISHED)
-    return out
-
-
-def _load_original(settings: Settings):
+def load_original(settings: Settings):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from ..models import check_model_dir
@@ -382,129 +293,113 @@ def _load_original(settings: Settings):
     source = settings.model_path_or_id
     if not looks_like_hub_id(settings.model_id):  # a local folder: check it before loading
         check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
-    model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype="float32")
-    return model, AutoTokenizer.from_pretrained(source)
+    return AutoModelForSeq2SeqLM.from_pretrained(source, dtype=torch.float32), AutoTokenizer.from_pretrained(source)
 
 
-def _identities(settings: Settings, original_fp: str, dataset) -> dict[str, dict]:
+def run_instructor(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "pytorch"):
+    """Train the stages that are not done, generate the results files, and (optionally) publish; returns the run
+    folder. `fast_inference`: the engine (`engines.ENGINES`) that generates the results files."""
+    from datasets import DatasetDict
 
-    base = {
-        "original": original_fp,
-        "precision": resolve_precision(settings.precision, best_device()),
-        "validation": [settings.validation_rows, settings.eval_steps],  # they choose the best checkpoint
-        "train": text_digest(dataset["train"]["dialogue"], dataset["train"]["summary"], dataset["train"]["topic"]),
-        **{k: getattr(settings, k) for k in TRAINING_SETTINGS},
-    }
-    return {
-        stage.name: {
-            **base,
-            "lr": stage.lr(settings),
-            "steps": stage.steps(settings),
-            **({"task": stage.task} if stage.task != "summary" else {}),
-            "recipe": recipe_identity(settings, stage.lr(settings), lora=stage.lora, prompt=stage.prompt),
-        }
-        for stage in TRAINED
-    }
-
-
-def _train_stages(settings: Settings, out: Path, original, tokenizer, dataset, progress: bool = True) -> Path:
-    from peft import get_peft_model
-
+    from ..data import load_dialogsum
     from ..models import fingerprint
 
-    ids = _identities(settings, fingerprint(original), dataset)
-    stages = Stages(out)
-    tokenized = {}
-    for stage in TRAINED:
-        folder = out / stage.folder
-        if is_main_process() and stages.done(stage.name, [folder], ids[stage.name]):
-            _remove(folder.with_name(folder.name + ".partial"))  # debris of an interrupted run of another identity
+    if fast_inference not in ENGINES:
+        raise LabError(f"unknown engine {fast_inference!r}", f"use one of {', '.join(ENGINES)}")
+    if upload:
+        local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
+        check_publish_target(settings)  # before hours of training, not after
+    out = run_dir(settings)
+    original, tokenizer = load_original(settings)
+    dataset = load_dialogsum(settings)
+    device = best_device()
+    world = {"original_model": original, "tokenizer": tokenizer, "original_fingerprint": fingerprint(original),
+             "device": device, "precision": resolve_precision(settings.precision, device), "runs": out}  # fmt: skip
+    ids = identities(settings, world["original_fingerprint"], dataset, world["precision"])
+    for stage in STAGES:
+        if recorded(out / stage.folder / "train_facts.json") == ids[stage.name]:
             continue
-        if not is_main_process() and stages.identity(stage.name) == ids[stage.name] and folder.exists():
-            continue
-        if stage.task not in tokenized:
-            splits = tokenize(dataset, tokenizer, settings, prompt=stage.prompt, target=stage.task)
-            rows = min(settings.validation_rows, len(splits["validation"]))  # the validation loss: the first rows
-            tokenized[stage.task] = {"train": splits["train"], "validation": splits["validation"].select(range(rows))}
-        model = get_peft_model(copy.deepcopy(original), lora_config()) if stage.lora else copy.deepcopy(original)
-        _train_stage(model, tokenizer, tokenized[stage.task], folder, stage, settings, ids[stage.name], progress)
-        if is_main_process():
-            stages.complete(stage.name, [folder], ids[stage.name])
+        if "tokenized" not in world:
+            rows = range(min(settings.validation_rows, len(dataset["validation"])))
+            splits = DatasetDict(train=dataset["train"], validation=dataset["validation"].select(rows))
+            topics = splits.map(lambda batch: {"summary": batch["topic"]}, batched=True)
+            world["tokenized"] = {topic: tokenize(d, tokenizer, settings, data.build_topic_prompt if topic else None)
+                                  for topic, d in ((False, splits), (True, topics))}  # fmt: skip
+        train_stage(stage, settings, out, world, ids[stage.name], progress)
+    results_stage(settings, out, world, dataset["test"], ids, fast_inference, progress)
+    if upload:
+        upload_folder(settings, out, PUBLISHED)
     return out
 
 
-def _results_stage(settings: Settings, out: Path, original, tokenizer, test, progress: bool, fast_inference: str):
+# --- results --------------------------------------------------------------------------------------------------------
+
+
+def generated(out: Path, column: str, key: dict, make) -> list[str]:
+    """A column of summaries: from `generation/` when this very generation finished before, else made, checked (no
+    empty summary) and kept there."""
+    path = out / "generation" / f"{column}-{hash_of(key)}.json"
+    if recorded(path) == hash_of(key):
+        return json.loads(path.read_text(encoding="utf-8"))["texts"]
+    texts = make()
+    empty = sum(not t.strip() for t in texts)
+    if empty:
+        raise LabError(
+            f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results files "
+            "were not written (and nothing was published)",
+            "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
+        )
+    write_json(path, {"identity": hash_of(key), "texts": texts})
+    return texts
+
+
+def results_stage(settings: Settings, out: Path, world: dict, test, ids: dict, engine: str, progress: bool) -> None:
+    """Both results files, generated with `summarize` on `engine`, each model's column reused when unchanged."""
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
     from ..engines import prepare_for_inference
     from ..generation import summarize
-    from ..models import check_adapter_dir, check_model_dir, fingerprint
-    from ..results_file import RESULTS_COLUMNS, write_results_file
+    from ..models import check_adapter_dir, check_model_dir
+    from ..results_file import write_results_file
 
-    trained = {stage.folder: json.dumps(Stages(out).identity(stage.name), sort_keys=True) for stage in TRAINED}
-    identity = {
-        "models": trained,
-        "test": text_digest(test["id"], test["dialogue"], test["summary"], test["topic"]),
-        "fast_inference": fast_inference,
-        "precision": resolve_precision(settings.precision, best_device()),
-        **{k: getattr(settings, k) for k in GENERATION_SETTINGS},
-    }
-    # int8, bf16 autocast and CTranslate2 are the CPU's speed-ups
-    device = best_device() if fast_inference == "fp32" else "cpu"
-    outputs = [out / RESULTS_FILE, out / TOPIC_RESULTS_FILE]
-    stages = Stages(out)
-    if stages.done("results", outputs, identity):
+    device = world["device"] if engine == "pytorch" else "cpu"  # CTranslate2 runs on the CPU
+    how = {**{k: getattr(settings, k) for k in GENERATION_SETTINGS}, "engine": engine, "device": device,
+           "precision": resolve_precision(settings.precision, device), "test": test._fingerprint}  # fmt: skip
+    identity = hash_of({**how, "models": ids, "original": world["original_fingerprint"]})
+    if recorded(out / "results.json") == identity and all((out / n).is_file() for n in PUBLISHED[3:]):
         return
-    full_dir = check_model_dir(out / FULL_CHECKPOINT, finite=True, fix="run the command again to retrain it")
-    for stage in TRAINED:
-        if stage.lora:
-            check_adapter_dir(out / stage.folder, original, settings.model_id, fix="run the command again: it retrains")
+    fix = "run the command again: it retrains what is damaged"
+    full_dir = check_model_dir(out / FULL_CHECKPOINT, finite=True, fix=fix)
+    original, tokenizer = world["original_model"], world["tokenizer"]
+    for stage in STAGES[1:]:
+        check_adapter_dir(out / stage.folder, original, settings.model_id, fix=fix)
 
     def adapter(name):
         return PeftModel.from_pretrained(copy.deepcopy(original), out / name, is_trainable=False)
 
-    models = {
-        "original_model_summaries": lambda: original,
-        "instruct_model_summaries": lambda: AutoModelForSeq2SeqLM.from_pretrained(full_dir, dtype="float32"),
-        "peft_model_summaries": lambda: adapter(PEFT_CHECKPOINT),
-    }
-    before = fingerprint(original)
-    columns = {RESULTS_COLUMNS[0]: list(test["summary"])}
-    cache = out / "generation"
-    for column, make in models.items():
-        name = column.replace("_summaries", "")
-        print(f"Generating {name} summaries of the test set", flush=True)
-        # each finished batch is on disk: a crash or kill resumes here instead of starting over
-        columns[column] = summarize(
-            prepare_for_inference(make().to(device), fast_inference, tokenizer),
-            tokenizer,
-            list(test["dialogue"]),
-            settings,
-            progress=progress,
-            desc=name,
-            store=GenerationCache(cache / f"{name}.jsonl"),
-        )
-        _check_summaries(column, columns[column])
-    print("Generating the topic adapter's topics of the test set", flush=True)
-    topics = summarize(
-        prepare_for_inference(adapter(TOPIC_CHECKPOINT).to(device), fast_inference, tokenizer),
-        tokenizer,
-        list(test["dialogue"]),
-        settings,
-        progress=progress,
-        desc="topic",
-        store=GenerationCache(cache / "topic.jsonl"),
-        prompt=STAGES["topic"].prompt,
-    )
-    _check_summaries("peft_model_topics", topics)
-    assert fingerprint(original) == before, "generation changed the original model"
-    write_results_file(out / RESULTS_FILE, columns, extra={"id": list(test["id"])})
-    write_results_file(
-        out / TOPIC_RESULTS_FILE,
-        {"human_baseline_topics": list(test["topic"]), "peft_model_topics": topics},
-        extra={"id": list(test["id"])},
-    )
-    stages.complete("results", outputs, identity)
-    shutil.rmtree(cache, ignore_errors=True)
+    plan = (
+        ("original_model_summaries", world["original_fingerprint"], lambda: original, None),
+        ("instruct_model_summaries", ids["full"],
+         lambda: AutoModelForSeq2SeqLM.from_pretrained(full_dir, dtype=torch.float32), None),
+        ("peft_model_summaries", ids["lora"], lambda: adapter(PEFT_CHECKPOINT), None),
+        ("peft_model_topics", ids["topic"], lambda: adapter(TOPIC_CHECKPOINT), data.build_topic_prompt),
+    )  # fmt: skip
+    columns = {}
+    for column, model_id, make, prompt in plan:
+        name = column.removesuffix("_summaries")
+
+        def run(make=make, prompt=prompt, name=name):
+            print(f"Generating the test set's {name.replace('_', ' ')}", flush=True)
+            model = prepare_for_inference(make().to(device), engine, tokenizer)
+            return summarize(model, tokenizer, list(test["dialogue"]), settings, progress=progress, desc=name,
+                             prompt=prompt)  # fmt: skip
+
+        columns[column] = generated(out, column, {**how, "model": model_id, "prompt": prompt is not None}, run)
+    topics = {"human_baseline_topics": list(test["topic"]), "peft_model_topics": columns.pop("peft_model_topics")}
+    for name, values in ((RESULTS_FILE, {"human_baseline_summaries": list(test["summary"]), **columns}),
+                         (TOPIC_RESULTS_FILE, topics)):  # fmt: skip
+        with write_file(out / name, mark=False) as tmp:
+            write_results_file(tmp, values, extra={"id": list(test["id"])})
+    write_json(out / "results.json", {"identity": identity})
     print(f"Wrote {out / RESULTS_FILE} and {out / TOPIC_RESULTS_FILE} ({len(test)} test rows)")
