@@ -330,7 +330,7 @@ def test_a_second_instructor_on_the_same_run_stops_with_a_message(tiny_settings)
 
 
 def test_a_missing_bucket_is_found_before_training(tiny_settings, local_s3, monkeypatch):
-    monkeypatch.setattr("lab_utils.backstage.publish.is_local", lambda client: False)  # as on AWS: never create it
+    monkeypatch.setattr("lab_utils.s3.is_local", lambda client: False)  # as on AWS: never create it
     with pytest.raises(LabError, match="The bucket s3://never-made/ .* does not exist"):
         run_instructor(tiny_settings.replace(s3_uri="s3://never-made/models/"), progress=False)
     assert not (run_dir(tiny_settings) / FULL_CHECKPOINT).exists()

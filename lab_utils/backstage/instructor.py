@@ -34,9 +34,9 @@ from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_
 from ..config import Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
 from ..errors import LabError
+from ..s3 import check_publish_target, upload_folder
 from .generation_cache import GenerationCache
 from .local_s3 import local_s3_for
-from .publish import check_publish_target, upload_folder
 from .recipe import (
     instructor_run_options,
     is_main_process,

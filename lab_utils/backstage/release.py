@@ -18,9 +18,9 @@ from pathlib import Path
 from ..checkpoints import FULL_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..errors import LabError
+from ..s3 import upload_folder
 from .instructor import PUBLISHED, STAGE_NAMES, TRAINED, Stages, run_dir, write_json_atomic
 from .local_s3 import local_s3_for
-from .publish import upload_folder
 
 STANDIN = "flan-t5-tiny"
 MANIFEST = "MANIFEST.json"
