@@ -84,8 +84,8 @@ def main() -> int:
     from nbclient import NotebookClient
 
     from lab_utils.backstage.local_s3 import LocalS3
-    from lab_utils.backstage.publish import push_checkpoint
     from lab_utils.config import load_settings
+    from lab_utils.s3 import push
 
     t0 = time.perf_counter()
     world = build_world(work)
@@ -93,14 +93,14 @@ def main() -> int:
     startup = Path(tempfile.mkdtemp()) / "profile_default" / "startup"
     startup.mkdir(parents=True)
     (startup / "00-flush-denormals.py").write_text("import torch\ntorch.set_flush_denormal(True)\n")
-    with LocalS3(mode="subprocess") as server:
+    with LocalS3() as server:
         os.environ.update(server.env())
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(name, None)
         t0 = time.perf_counter()
         for name, path in world.items():
             if name != "base":
-                push_checkpoint(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
+                push(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
         print(f"published to the local S3 server in {time.perf_counter() - t0:.0f} s", flush=True)
         dialogsum = load_settings("offline", environ={}).path("../shared/dialogsum")
         os.environ.update(

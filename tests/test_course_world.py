@@ -27,10 +27,10 @@ def course_artifacts(tmp_path_factory):
 @pytest.fixture
 def course_bucket(local_s3, course_artifacts):
     """The course's bucket on the local S3 server, holding the course-format artifacts."""
-    from lab_utils.backstage.publish import push_checkpoint
+    from lab_utils.s3 import push
 
     for name, path in course_artifacts.items():
-        push_checkpoint(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
+        push(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
     yield COURSE_PREFIX
     import boto3
 
@@ -121,10 +121,10 @@ def test_credential_problems_on_the_course_bucket_say_what_to_try(problem, tmp_p
             raise NoCredentialsError()
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "HeadObject")
 
-    client = transfers.s3_client()
+    client = transfers.client()
     monkeypatch.setattr(client, "head_object", refuse)
     monkeypatch.setattr(client, "list_objects_v2", refuse)
-    monkeypatch.setattr(transfers, "s3_client", lambda anonymous=False: client)
+    monkeypatch.setattr(transfers, "client", lambda anonymous=False: client)
     settings = load_settings("course", environ={}, work_dir=str(tmp_path))
     with pytest.raises(LabError) as error:
         find_results_file(settings)

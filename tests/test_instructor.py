@@ -156,6 +156,13 @@ def test_a_diverging_run_stops_and_saves_or_publishes_nothing(tiny_settings, loc
     assert not (run_dir(tiny_settings) / FULL_CHECKPOINT).exists() and published(tiny_settings) == {}
 
 
+def test_a_missing_bucket_is_found_before_training(tiny_settings, local_s3, monkeypatch):
+    monkeypatch.setattr("lab_utils.s3.is_local", lambda client: False)  # as on AWS: never create it
+    with pytest.raises(LabError, match="s3://never-made/"):
+        run_instructor(tiny_settings.replace(s3_uri="s3://never-made/models/"), progress=False)
+    assert not (run_dir(tiny_settings) / FULL_CHECKPOINT).exists()
+
+
 def test_empty_summaries_are_never_written_or_published(finished, tiny_settings, local_s3, monkeypatch):
     from lab_utils import generation
 

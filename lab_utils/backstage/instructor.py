@@ -40,8 +40,8 @@ from ..devices import best_device, resolve_precision
 from ..engines import ENGINES
 from ..errors import LabError
 from ..files import write_file, write_folder, write_json
+from ..s3 import check_publish_target, upload_folder
 from .local_s3 import local_s3_for
-from .publish import check_publish_target, upload_folder
 
 NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 LORA_CELLS = ("lora-config", "lora-training-args")

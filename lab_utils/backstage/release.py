@@ -18,9 +18,9 @@ from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..errors import LabError
 from ..files import digest, write_folder, write_json
 from ..models import read_json
+from ..s3 import upload_folder
 from .instructor import PUBLISHED, STAGES, run_dir
 from .local_s3 import local_s3_for
-from .publish import upload_folder
 
 STANDIN = "flan-t5-tiny"
 MANIFEST = "MANIFEST.json"
