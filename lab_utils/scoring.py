@@ -31,8 +31,11 @@ def local_rouge():
 def mean_scores(per_row: dict) -> dict[str, float]:
     """The mean of per-row F-measures for each ROUGE metric (per-row lists as `use_aggregator=False` returns them)."""
     fix = "pass what `compute_rouge` (or `rouge.compute`) returned"
-    if not isinstance(per_row, dict) or any(k not in per_row for k in ROUGE_KEYS):
-        raise LabError(f"{type(per_row).__name__} {str(per_row)[:80]} is not a dict of the ROUGE metrics", fix)
+    if not isinstance(per_row, dict):
+        raise LabError(f"the scores {str(per_row)[:80]} are a {type(per_row).__name__}, not a dict of metrics", fix)
+    missing = [k for k in ROUGE_KEYS if k not in per_row]
+    if missing:
+        raise LabError(f"the scores {str(per_row)[:80]} lack {', '.join(missing)}", fix)
     values = {k: per_row[k] if isinstance(per_row[k], list | tuple) else [per_row[k]] for k in ROUGE_KEYS}
     if any(not v for v in values.values()):
         raise LabError("the per-row scores are empty", "score at least one prediction")

@@ -170,15 +170,13 @@ class Progress(TrainerCallback):
 
 def checkpoint_problem(folder: Path, max_steps: int) -> str | None:
     """Why a Trainer checkpoint cannot be resumed from, or None when it is whole."""
-    from ..models import ADAPTER_WEIGHTS, MODEL_WEIGHTS, non_finite_tensors, read_json, tensor_shapes, weights_file
+    from ..models import ADAPTER_WEIGHTS, MODEL_WEIGHTS, non_finite, read_json, read_weights
 
     try:
         step = read_json(folder / "trainer_state.json", "checkpoint", "").get("global_step")
         if not isinstance(step, int) or not 0 < step <= max_steps:
             return f"trainer_state.json gives step {step!r} (of {max_steps})"
-        weights = weights_file(folder, (*MODEL_WEIGHTS, *ADAPTER_WEIGHTS), "checkpoint", "")
-        tensor_shapes(weights, "checkpoint", "")
-        if non_finite_tensors(weights):
+        if non_finite(read_weights(folder, (*MODEL_WEIGHTS, *ADAPTER_WEIGHTS), "checkpoint", "", load=True)):
             return "non-finite weights"
         for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
             with zipfile.ZipFile(folder / name) as archive:  # torch.save writes a zip: a torn one has no directory

@@ -35,6 +35,8 @@ def read_input_bytes(source: str) -> tuple[bytes, str]:
         stream = getattr(sys.stdin, "buffer", None)
         return (stream.read() if stream else sys.stdin.read().encode("utf-8")), "standard input"
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise LabError(f"{source} is a folder", "give a text or CSV file of dialogues, or - for standard input")
     if not path.is_file():
         raise LabError(f"{source} is not a file", "give a text or CSV file of dialogues, or - for standard input")
     try:
@@ -72,9 +74,11 @@ def read_csv_column(text: str, name: str, column: str, separator: str | None = N
         rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=separator, strict=True) if row]
     except csv.Error as exc:
         raise LabError(f"{name} cannot be read as CSV ({exc})", "check its quoting, or give a text file") from exc
-    names = [h.strip().lower() for h in rows[0]] if rows else []
+    if not rows:
+        raise LabError(f"{name} is empty", "give a CSV with a header row and a dialogue column")
+    names = [h.strip().lower() for h in rows[0]]
     if names.count(column.strip().lower()) != 1:
-        found = ", ".join(repr(h) for h in (rows[0] if rows else []))
+        found = ", ".join(repr(h) for h in rows[0])
         raise LabError(f"{name} has no column {column!r}, or several (its header, split at {separator!r}: {found})",
                        "choose the dialogue column with --column")  # fmt: skip
     at = names.index(column.strip().lower())
