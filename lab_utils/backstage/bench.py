@@ -132,7 +132,7 @@ def batches(tok, examples: list[dict], batch: int, sz: dict, padding: str) -> li
     attention mask), or the lab's: no padding at tokenization, examples sorted by length as `group_by_length` groups
     them, each batch padded to its longest by `DataCollatorForSeq2Seq` (label padding -100)."""
     from ..data import build_prompt
-    from .recipe import data_collator
+    from .instructor import data_collator
 
     prompts, summaries = [build_prompt(e["dialogue"]) for e in examples], [e["summary"] for e in examples]
     if padding == "course":
@@ -163,7 +163,7 @@ def measure_steps(sz: dict, examples: list[dict], batch: int, padding: str, lora
     if lora:
         from peft import get_peft_model
 
-        from .recipe import lora_config
+        from .instructor import lora_config
 
         model = get_peft_model(model, lora_config())  # in place: the lab's deep copy would add a copy to the peak
     if checkpointing:
