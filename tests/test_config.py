@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lab_utils.__main__ import main
-from lab_utils.config import OFFLINE, PROJECT_ROOT, Settings, load_settings, profile_defaults, settings_table
+from lab_utils.config import OFFLINE, PROJECT_ROOT, Settings, load_settings, profile_defaults
 from lab_utils.errors import LabError
 
 
@@ -26,13 +26,6 @@ def test_each_setting_is_written_once():
     course = profile_defaults("course")
     assert all(OFFLINE[name] != course[name] for name in OFFLINE)
     assert set(OFFLINE) <= set(course)
-
-
-def test_readme_table_is_generated_from_the_code():
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    assert settings_table() in readme, (
-        "README's settings table is stale: paste `python -m lab_utils settings --markdown`"
-    )
 
 
 def test_environment_overrides_are_typed():
