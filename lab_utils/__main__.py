@@ -72,119 +72,71 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     return 0
 
 
-def seconds(text: str) -> float:
-    """A duration in seconds (argparse type): a finite number of at least 0, so MANIFEST.json stays JSON."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} seconds: give a finite number of at least 0, e.g. 744")
-    return value
+def number(kind, least: float, what: str):
+    """An argparse type: a finite `kind` of at least `least` (0 steps is refused, never taken as 'not given')."""
 
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"{text}: give a finite {what} of at least {least}")
+        return value
 
-def steps(text: str) -> int:
-    """A step count of at least 1 (argparse type): 0 and negative counts are refused, never taken as 'not given'."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} steps: give at least 1")
-    return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
     p.add_argument("--profile", choices=["course", "offline"], help="overrides LAB_PROFILE")
     sub = p.add_subparsers(dest="command", required=True)
-    settings = sub.add_parser("settings", help="print the settings this environment gives")
-    settings.add_argument("--markdown", action="store_true", help="the README's table of every setting")
+    sub.add_parser("settings", help="print the settings").add_argument("--markdown", action="store_true",
+                                                                        help="the table of every setting")  # fmt: skip
     run = sub.add_parser("run", help="execute the notebook top to bottom (papermill), keeping the executed copy")
-    run.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="override a variable of the notebook's parameters cell, e.g. -p FULL_STEPS 5",
-    )
-    run.add_argument("--output", default=str(EXECUTED), help="where the executed notebook goes (never the notebook)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override a variable of the notebook's parameters cell, e.g. -p FULL_STEPS 5")  # fmt: skip
+    run.add_argument("--output", default=str(EXECUTED), help="where the executed notebook goes")
     build = sub.add_parser("build-model", help="offline: train the stand-in's tokenizer and pretrain it")
-    build.add_argument(
-        "--out", default=str(PROJECT_ROOT / "data/offline/flan-t5-tiny"), help="a new folder to write (never a Hub id)"
-    )
-    ins = sub.add_parser("instructor", help="train, evaluate the full test set, publish checkpoints + results to S3")
+    build.add_argument("--out", default=str(PROJECT_ROOT / "data/offline/flan-t5-tiny"), help="a new folder")
+    ins = sub.add_parser("instructor", help="train, summarize the full test set, publish to LAB_S3_URI")
     ins.add_argument("--no-upload", action="store_true", help="keep the run on disk, do not publish it")
-    ins.add_argument("--full-steps", type=steps, help="training steps of the full fine-tune")
-    ins.add_argument("--lora-steps", type=steps, help="training steps of the LoRA adapter")
-    ins.add_argument("--topic-steps", type=steps, help="training steps of the topic adapter")
-    ins.add_argument(
-        "--fast-inference",
-        choices=ENGINES,
-        default="pytorch",
-        help="the engine that generates the results files: PyTorch (LAB_PRECISION), or CTranslate2 int8 or fp32 (CPU)",
-    )
-    rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into the release")
+    for stage in ("full", "lora", "topic"):
+        ins.add_argument(f"--{stage}-steps", type=number(int, 1, "whole number"), help=f"steps of the {stage} stage")
+    ins.add_argument("--fast-inference", choices=ENGINES, default="pytorch", help="what generates the results files")
+    rel = sub.add_parser("release", help="offline: copy the stand-in and the finished instructor run into a release")
     rel.add_argument("--made-by", default="", help="the commands that made the run, recorded in the manifest")
-    rel.add_argument("--build-seconds", type=seconds, help="how long build-model took, recorded in the manifest")
+    rel.add_argument("--build-seconds", type=number(float, 0, "number"), help="how long build-model took")
     where = rel.add_mutually_exclusive_group(required=True)
-    where.add_argument("--to", help="write the release into this new folder (a trial, or one to look at)")
-    where.add_argument(
-        "--replace-committed",
-        action="store_true",
-        help="replace the committed release in lab_utils/backstage/release (what the offline notebook pulls)",
-    )
+    where.add_argument("--to", help="write the release into this new folder")
+    where.add_argument("--replace-committed", action="store_true", help="replace lab_utils/backstage/release")
     summ = sub.add_parser("summarize", help="summarize dialogues with the original model, an adapter or a merged model")
     which = summ.add_mutually_exclusive_group()
     which.add_argument("--adapter", help="a LoRA adapter folder, loaded onto the original model (LAB_MODEL_ID)")
-    which.add_argument("--merged", help="a full model folder (e.g. a merged adapter, or the instruct model)")
-    summ.add_argument(
-        "input",
-        nargs="?",
-        default="-",
-        help="a text file (dialogues separated by a blank line), a CSV, or - for standard input (default)",
-    )
-    summ.add_argument("--column", help="the CSV column holding the dialogues (default: dialogue; the input is a CSV)")
+    which.add_argument("--merged", help="a full model folder (a merged adapter, the instruct model)")
+    summ.add_argument("input", nargs="?", default="-", help="a text file (a blank line between dialogues), a CSV, or -")
+    summ.add_argument("--column", help="the CSV column holding the dialogues (default: dialogue)")
     summ.add_argument("--encoding", help="the input's encoding, e.g. cp1252 (default: UTF-8, or its byte-order mark)")
     summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
-    summ.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="pytorch",
-        help="what generates: PyTorch (at LAB_PRECISION) or CTranslate2 (int8, or ctranslate2-fp32), converted once "
-        "and cached under LAB_WORK_DIR (an adapter is merged first)",
-    )
+    summ.add_argument("--engine", choices=ENGINES, default="pytorch", help="PyTorch, or CTranslate2 (converted once)")
     sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "bench" in argv and all(a.startswith("-") or a in ("course", "offline") for a in argv[: argv.index("bench")]):
-        before, after = argv[: argv.index("bench")], argv[argv.index("bench") + 1 :]
-        if before:
-            parser().parse_args([*before, "settings"])  # --profile, checked as usual
-            os.environ["LAB_PROFILE"] = before[-1]
-        from .backstage.bench import main as bench_main  # the benchmark has its own options
-
-        return bench_main(after)
-    args = parser().parse_args(argv)
+    cli = parser()
+    args, extra = cli.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra and args.command != "bench":  # the benchmark has its own options
+        cli.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.profile:
         os.environ["LAB_PROFILE"] = args.profile  # also reaches the notebook's kernel
+    if args.command == "bench":
+        from .backstage.bench import main as bench_main
 
+        return bench_main(extra)
     try:
-        overrides = {
-            name: value
-            for name, value in (
-                ("instructor_full_steps", getattr(args, "full_steps", None)),
-                ("instructor_lora_steps", getattr(args, "lora_steps", None)),
-                ("instructor_topic_steps", getattr(args, "topic_steps", None)),
-            )
-            if value is not None
-        }
-        settings = load_settings(None, **overrides)  # checked here, before any work
+        steps = {f"instructor_{s}_steps": getattr(args, f"{s}_steps", None) for s in ("full", "lora", "topic")}
+        settings = load_settings(None, **{k: v for k, v in steps.items() if v})  # checked here, before any work
         if args.command == "run":
             output = check_output(args.output, "the executed notebook (--output)", inputs=[NOTEBOOK])
             return run_notebook(dict(args.parameter), output)
@@ -200,12 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             from .backstage.instructor import run_instructor
 
             show_banner(settings)
-            run_instructor(
-                settings,
-                upload=not args.no_upload,
-                fast_inference=args.fast_inference,
-                progress=sys.stderr.isatty() or "CI" not in os.environ,
-            )
+            progress = sys.stderr.isatty() or "CI" not in os.environ
+            run_instructor(settings, upload=not args.no_upload, fast_inference=args.fast_inference, progress=progress)
         elif args.command == "release":
             from .backstage.release import make_release, verify_release
 

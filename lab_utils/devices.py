@@ -1,10 +1,8 @@
-"""Where models run and in what precision: one rule for the notebook, the instructor and the summarize command.
+"""Where models run and in what precision: one rule for the notebook, the instructor and the summarize command."""
 
-The device is a CUDA GPU when there is one, else the CPU. `LAB_PRECISION=auto` is bf16 mixed precision on a GPU
-that has it and fp32 everywhere else, so the course's CPU (ml.m5.2xlarge) trains and generates in fp32 as the course
-did. bf16 on a CPU is accepted only where the CPU has bf16 instructions (elsewhere it is emulated, slower than fp32),
-fp16 only on a GPU: `config.check_settings` calls `resolve_precision`, so a bad value stops before any work.
-"""
+# A CUDA GPU when there is one, else the CPU. LAB_PRECISION=auto is bf16 mixed precision on a GPU that has it and fp32
+# everywhere else (the course's CPU trains and generates in fp32 as the course did). bf16 on a CPU only where it has
+# bf16 instructions (elsewhere emulated, slower than fp32), fp16 only on a GPU: checked when the settings load.
 
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
-"""Serving engines: what runs `generate` for `summarize`, with the same prompts, batches and decoding settings.
+"""Serving engines: what runs `generate` for `summarize`, with the same prompts, batches and decoding settings."""
 
-| engine | what it is |
-|---|---|
-| `pytorch` | transformers' `generate` (at `LAB_PRECISION`: fp32 on a CPU) |
-| `ctranslate2` | the model converted to CTranslate2 with int8 weights, on the CPU (what people serve T5 with) |
-| `ctranslate2-fp32` | the same conversion with fp32 weights |
-
-A LoRA adapter is served by CTranslate2 once merged (`merge_and_unload`, the notebook's 6.1): the converter reads a
-plain transformers checkpoint. `CTranslate2Model` gives the converted model a transformers-style `generate`, so
-`summarize`, the instructor's results stage and the summarize command use it unchanged.
-"""
+# | engine             | what it is                                                                              |
+# | `pytorch`          | transformers' `generate` (at `LAB_PRECISION`: fp32 on a CPU)                            |
+# | `ctranslate2`      | the model converted to CTranslate2 with int8 weights, on the CPU (what serves T5 there) |
+# | `ctranslate2-fp32` | the same conversion with fp32 weights                                                   |
+# A LoRA adapter is served by CTranslate2 once merged (`merge_and_unload`): the converter reads a plain checkpoint.
 
 from __future__ import annotations
 
@@ -33,11 +28,10 @@ CT2_SUB_BATCH = 8
 
 
 class CTranslate2Model(torch.nn.Module):
-    """A CTranslate2 `Translator` behind a transformers-style `generate(input_ids, attention_mask, ...)`.
+    """A CTranslate2 `Translator` behind a transformers-style `generate(input_ids, attention_mask, ...)`."""
 
-    Greedy only (CTranslate2's beam search normalises lengths unlike transformers'): `max_new_tokens`,
-    `min_new_tokens` and `no_repeat_ngram_size` map one to one; anything else is refused.
-    """
+    # greedy only (CTranslate2's beam search normalises lengths unlike transformers'): max_new_tokens, min_new_tokens
+    # and no_repeat_ngram_size map one to one; anything else is refused
 
     def __init__(self, translator, tokenizer):
         super().__init__()
@@ -104,8 +98,7 @@ def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None):
 
 
 def compare_engines(reference_dir, translator, tokenizer, dialogues, settings) -> dict:
-    """The notebook's 6.1b: CTranslate2 (`translator`) against PyTorch's `generate` of the model saved in
-    `reference_dir`, on the same dialogues and settings: how many summaries differ, and both times."""
+    """The notebook's 6.1b: CTranslate2 (`translator`) against PyTorch's model in `reference_dir`: agreement, times."""
     from transformers import AutoModelForSeq2SeqLM
 
     from .generation import summarize

@@ -1,13 +1,10 @@
-"""Files the lab writes: one way to hash, one way to write safely, one way to know what the lab wrote.
+"""Files the lab writes: one hash (`digest`), one safe write (`write_file`, `write_folder`), one test of what the lab
+wrote (`check_output`, `owned`)."""
 
-- `digest(path)`: the sha256 of a file, or of a folder (its files' names and bytes).
-- `write_file` / `write_folder`: built under a unique temporary name in the target's own folder (`tempfile`), then
-  moved into place with `os.replace`: a crash leaves the old target or the new one, never half of one, and no fixed
-  side name (`X.tmp`) can clobber a file of the user's.
-- `check_output`: before any work, refuse a target the lab did not write. The lab knows what it wrote: every write
-  records the target's digest in a registry (`~/.cache/flan-t5-peft-lab/written.json`, under `XDG_CACHE_HOME`); a
-  target is the lab's to replace while its digest is still the recorded one (a file the user edited is theirs).
-"""
+# A target is built under a unique temporary name in its own folder (`tempfile`), then moved into place with
+# `os.replace`: a crash leaves the old target or the new one, and no fixed side name (`X.tmp`) can clobber a user's
+# file. Every write records the target's digest in a registry (~/.cache/flan-t5-peft-lab/written.json, under
+# XDG_CACHE_HOME); a target is the lab's to replace while its digest is still the recorded one.
 
 from __future__ import annotations
 
@@ -82,12 +79,8 @@ def _lab_source(path: Path) -> Path | None:
 def check_output(
     path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (), allowed: Path | None = None
 ) -> Path:
-    """The absolute target (symlinks resolved), after checking that writing it destroys nothing of the user's.
-
-    Refused before any work: one of the command's `inputs`, the lab's own sources (`allowed` excepted), a file where
-    a folder is wanted or the reverse, a target the lab did not write (an empty folder is accepted), and a folder
-    that cannot be written.
-    """
+    """The absolute target (symlinks resolved), refused before any work when writing it would destroy what the lab
+    did not write: an input, the lab's sources (but `allowed`), a file or folder of the user's, an unwritable place."""
     out = Path(os.path.abspath(Path(path).expanduser())).resolve()
     fix = f"give a new {'folder' if folder else 'file'} name"
     if any(str(i) != "-" and Path(i).expanduser().resolve() == out for i in inputs):
@@ -135,8 +128,7 @@ def _replacing(target: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_file(target) as tmp:` write `tmp`; it becomes `target` whole when the block ends (and, with
-    `mark`, is recorded as the lab's)."""
+    """`with write_file(target) as tmp:` write `tmp`, which becomes `target` (recorded as the lab's with `mark`)."""
     target = Path(path)
     with _replacing(target) as tmp:
         yield tmp
@@ -146,8 +138,8 @@ def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_folder(target) as tmp:` fill the new folder `tmp`; it replaces `target` when the block ends
-    (the old one is moved to a unique name first and removed after), recorded as the lab's with `mark`."""
+    """`with write_folder(target) as tmp:` fill the folder `tmp`, which replaces `target` (the old one is moved to a
+    unique name, then removed), recorded as the lab's with `mark`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))

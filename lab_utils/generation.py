@@ -1,8 +1,5 @@
-"""`summarize`: the instruction prompt, each distinct dialogue once, length-sorted batches, greedy decoding.
-
-The notebook, the instructor and the summarize command all call it, so a summary is made the same way wherever it is
-made.
-"""
+"""`summarize`: the instruction prompt, each distinct dialogue once, length-sorted batches, greedy decoding. The
+notebook, the instructor and the summarize command all call it, so a summary is made the same way everywhere."""
 
 from __future__ import annotations
 
@@ -47,13 +44,9 @@ def summarize(
     desc: str = "Summarizing",
     prompt: Callable[[str], str] | None = None,
 ) -> list[str]:
-    """Summarize dialogues with the instruction prompt (or `prompt`), as the notebook and the instructor both do.
-
-    Prompts are truncated at `settings.max_source_length` (as in training) and decoded with
-    `generation_kwargs(settings)` unless `gen_kwargs` is given. Each distinct dialogue is generated once (the test
-    split repeats each three times), longest first in batches of `settings.eval_batch_size`, so a batch pads little.
-    Prompts over the limit are counted in one plain line (the model cannot read past its input limit).
-    """
+    """Summaries of `dialogues` with the instruction prompt (or `prompt`) and `generation_kwargs(settings)`."""
+    # prompts are truncated at max_source_length, as in training; each distinct dialogue is generated once (the test
+    # split repeats each three times), longest first in batches of eval_batch_size, so that a batch pads little
     dialogues = check_dialogues(dialogues)
     gen_kwargs = generation_kwargs(settings) if gen_kwargs is None else gen_kwargs
     batch_size = settings.eval_batch_size if batch_size is None else batch_size

@@ -1,8 +1,5 @@
-"""Looking at models: parameter counts, a fingerprint of the weights, and checks that a checkpoint folder will load.
-
-The notebook loads models with transformers and peft itself; the checks here run first, so a damaged or mismatched
-folder is reported by name, with what to do, instead of failing deep inside those calls.
-"""
+"""Looking at models: parameter counts, a fingerprint of the weights, and checks that a checkpoint folder will load
+(run before transformers and peft load it, so a damaged or mismatched folder is named with what to do)."""
 
 from __future__ import annotations
 
@@ -104,12 +101,8 @@ def shape_model(model_path_or_id: str) -> torch.nn.Module:
 
 
 def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, fix: str | None = None) -> dict:
-    """Check a LoRA adapter folder against the base model it will be loaded onto, before peft tries.
-
-    Reports a missing or damaged `adapter_config.json` or weights file, a config without a field peft needs,
-    non-finite weights, weights of another rank than the config says, and weights shaped for another model (e.g. an
-    adapter for flan-t5-large onto flan-t5-base). `base` may be a `shape_model`. Returns the adapter's config.
-    """
+    """The config of a LoRA adapter folder, checked against `base` (a model or `shape_model`) before peft loads it:
+    config and weights readable and finite, the rank the config says, the shapes of `base`'s layers."""
     folder = Path(folder)
     fix = fix or "publish the adapter folder again (`python -m lab_utils instructor`), then pull it again"
     if not folder.is_dir():

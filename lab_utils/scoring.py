@@ -1,9 +1,8 @@
-"""Scoring summaries with ROUGE (through `evaluate`), and the checks a model that ignores its input cannot pass.
+"""Scoring summaries with ROUGE through `evaluate`, and the checks a model that ignores its input cannot pass."""
 
-Every score is `rouge.compute(..., use_aggregator=False, use_stemmer=True)` averaged over rows: the course's numbers,
-the same on every run (the default aggregator bootstraps a confidence interval, whose middle moves a little). Where no
-`rouge` is passed, the lab's local copy of the metric is loaded with `evaluate.load` (the Hub's needs the Hub).
-"""
+# Every score is rouge.compute(..., use_aggregator=False, use_stemmer=True) averaged over rows: the course's numbers,
+# the same on every run (the default aggregator bootstraps a confidence interval, whose middle moves a little). Where
+# no `rouge` is passed, the lab's local copy of the metric is loaded with `evaluate.load` (the Hub's needs the Hub).
 
 from __future__ import annotations
 
@@ -104,9 +103,8 @@ def distinct_summaries(frame, columns=RESULTS_COLUMNS[1:]) -> str:
 
 
 def constant_baseline(frame, train, rouge=None) -> dict[str, float]:
-    """Per metric, the best ROUGE one sentence earns as the summary of every test row: the bar a model that ignores
-    its input cannot pass. Candidates: the 10 most frequent training summaries and each model's most frequent output.
-    """
+    """Per metric, the best ROUGE one sentence earns as the summary of every test row (candidates: the 10 most
+    frequent training summaries and each model's most frequent output): a model that ignores its input is below."""
     candidates = [s for s, _ in Counter(train["summary"]).most_common(10)]
     candidates += [Counter(frame[c]).most_common(1)[0][0] for c in RESULTS_COLUMNS[1:]]
     refs = frame["human_baseline_summaries"].tolist()
@@ -125,12 +123,10 @@ def looks_like_text(summary: str) -> bool:
 
 
 def story_checks(frame, train_summaries, rouge=None) -> dict[str, tuple[bool, str]]:
-    """What a results file must show for the lab's story to be true, each check with its measured numbers.
-
-    The fine-tuned models summarize their input (>= 90% distinct summaries over the distinct test dialogues, and each
-    beats the best constant summary on ROUGE-1, ROUGE-2 and ROUGE-L); the original model writes text (>= 90% of its
-    outputs); ROUGE-1 ranks instruct > PEFT > original; PEFT recovers >= 80% of full fine-tuning's ROUGE-1 gain.
-    """
+    """What a results file must show for the lab's story to be true: {check: (passed, the measured numbers)}."""
+    # the fine-tuned models summarize their input (>= 90% distinct summaries over the distinct test dialogues, and
+    # each beats the best constant summary on ROUGE-1/2/L); the original model writes text (>= 90% of its outputs);
+    # ROUGE-1 ranks instruct > PEFT > original; PEFT recovers >= 80% of full fine-tuning's ROUGE-1 gain
     groups = dialogue_groups(frame)
     first = {c: [frame[c].iloc[g[0]] for g in groups] for c in RESULTS_COLUMNS[1:]}
     scores = score_results_file(frame, rouge)

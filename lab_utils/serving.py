@@ -1,8 +1,5 @@
-"""Serving what was trained: one base model with several adapters, against one full model per task.
-
-`serving_table` puts side by side what each way costs (parameters, bytes on disk, resident memory measured in fresh
-processes), and `topic_scores` says how well the second adapter names a dialogue's topic.
-"""
+"""Serving what was trained: one base model with several adapters against one full model per task (`serving_table`),
+and how well the second adapter names a dialogue's topic (`topic_scores`)."""
 
 from __future__ import annotations
 
@@ -14,9 +11,7 @@ from .isolated import rss_mb, run_isolated
 
 
 def loaded_rss_mb(kind: str, base: str, adapters: list[str], full: list[str]) -> dict:
-    """Resident memory (MB) of this process once it holds `kind`: one base with the `adapters` ("adapters"), the
-    `full` models ("full"), or nothing but torch, transformers and peft imported ("nothing"). Run it in a fresh process
-    (`isolated.run_isolated`), where nothing else is loaded."""
+    """Resident memory (MB) of this process holding `kind`: "adapters" (one base + `adapters`), "full" or "nothing"."""
 
     import torch
     from peft import PeftModel
@@ -41,8 +36,7 @@ def loaded_rss_mb(kind: str, base: str, adapters: list[str], full: list[str]) ->
 
 
 def serving_memory(base: str, adapters: list[str], full: list[str]) -> dict[str, float]:
-    """Resident memory (MB, once loaded) of a process serving one base + `adapters`, one serving the `full` models,
-    and one that only imported torch, transformers and peft (the floor all share), each measured in a fresh process."""
+    """Resident memory (MB) of fresh processes serving one base + `adapters`, the `full` models, or nothing."""
 
     paths = {"base": str(base), "adapters": [str(a) for a in adapters], "full": [str(f) for f in full]}
     return {kind: run_isolated(loaded_rss_mb, kind=kind, **paths)["rss_mb"] for kind in ("nothing", "adapters", "full")}
@@ -57,11 +51,9 @@ def adapter_parameters(folder: str | Path) -> int:
 
 
 def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_dir: Path):
-    """One base + the adapters vs one full fine-tuned model per task: parameters, bytes on disk, resident memory.
-
-    The base's bytes on disk are the full checkpoint's (the same architecture and dtype); resident memory is each
-    process's, once its models are loaded, above a process that only imported torch, transformers and peft.
-    """
+    """One base + the adapters vs one full fine-tuned model per task: parameters, MB on disk, MB resident."""
+    # the base's bytes on disk are the full checkpoint's (the same architecture and dtype); resident memory is each
+    # process's once its models are loaded, above a process that only imported torch, transformers and peft
     import pandas as pd
 
     from .files import size_on_disk
@@ -89,8 +81,7 @@ def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_
 
 
 def topic_scores(frame, rouge=None) -> dict[str, float]:
-    """How well the topic adapter names each test dialogue's topic: exact match (ignoring case and spaces at the
-    ends) and ROUGE-1 against the reference topic, both averaged over the test rows."""
+    """How well the topic adapter names the test dialogues' topics: exact match (any case) and ROUGE-1, averaged."""
     from .scoring import compute_rouge
 
     human, predicted = frame["human_baseline_topics"].tolist(), frame["peft_model_topics"].tolist()

@@ -1,9 +1,6 @@
-"""`python -m lab_utils summarize [--adapter DIR | --merged DIR] [--engine E] [FILE|-]`: summaries, on the command line.
-
-Dialogues come from a text file (separated by a blank line), a CSV column, or standard input; they are summarized in
-batches with the lab's prompt and settings by the original model, the original model with a LoRA adapter, or a full
-model folder (a merged adapter, the instruct model), on PyTorch or on CTranslate2 (`engines.ENGINES`).
-"""
+"""`python -m lab_utils summarize [--adapter DIR | --merged DIR] [--engine E] [FILE|-]`: dialogues from a text file
+(a blank line between them), a CSV column or standard input, summarized by the original model, with an adapter, or by a
+full model folder, on PyTorch or CTranslate2."""
 
 from __future__ import annotations
 
@@ -132,9 +129,9 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
 
 
 def ctranslate2_for_serving(settings: Settings, engine: str, adapter: str | None, folder: str | None):
-    """(CTranslate2 model, tokenizer), converted once: the conversion is kept under `LAB_WORK_DIR/ctranslate2/`,
-    named by the digest of its sources (the model, the adapter, the engine), so a changed source converts again and a
-    cache that is not whole as the lab wrote it (`files.owned`) is converted again too."""
+    """(CTranslate2 model, tokenizer), converted once and kept under `LAB_WORK_DIR/ctranslate2/`."""
+    # named by the digest of its sources (the model, the adapter, the engine): a changed source converts again, and so
+    # does a cache that is no longer as the lab wrote it (`files.owned`: a truncated model.bin)
     from ..engines import CT2_QUANTIZATION, convert_to_ctranslate2, load_ctranslate2, merged
 
     quantization = CT2_QUANTIZATION[engine]
