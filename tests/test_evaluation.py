@@ -16,12 +16,10 @@ from lab_utils.results_file import RESULTS_COLUMNS, read_results_file, write_res
 from lab_utils.scoring import (
     ROUGE_KEYS,
     compute_rouge,
-    constant_baseline,
     improvement,
     rouge_table,
     rouge_views,
     split_sentences,
-    story_checks,
 )
 
 GEN = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
@@ -99,27 +97,6 @@ def release_results():
     from lab_utils.config import RELEASE_DIR
 
     return read_results_file(RELEASE_DIR / "dialogue-summary-training-results.csv")
-
-
-@pytest.fixture(scope="module")
-def train_summaries():
-    from lab_utils.data import load_dialogsum
-
-    return load_dialogsum(SETTINGS)["train"]["summary"]
-
-
-@pytest.mark.slow
-def test_the_committed_results_pass_the_story_and_a_constant_model_fails(release_results, train_summaries):
-    checks = story_checks(release_results, train_summaries)
-    assert all(ok for ok, _ in checks.values()), checks
-    broken = release_results.copy()
-    broken["peft_model_summaries"] = broken["peft_model_summaries"].mode()[0]  # ignores its input
-    broken["instruct_model_summaries"] = "nan"  # writes nothing useful
-    failed = {name for name, (ok, _) in story_checks(broken, train_summaries).items() if not ok}
-    expected = {"peft: distinct summaries", "peft: beats the best constant on rouge1", "instruct: distinct summaries"}
-    assert expected <= failed
-    bar = constant_baseline(release_results, {"summary": train_summaries})
-    assert compute_rouge(broken["peft_model_summaries"], broken["human_baseline_summaries"])["rouge1"] <= bar["rouge1"]
 
 
 @pytest.mark.slow

@@ -170,46 +170,28 @@ def test_denoising_masks_spans_and_asks_for_the_clean_text():
 
 @pytest.mark.parametrize(
     ("damage", "named"),
-    [
-        ("truncate", "model.safetensors"),
-        ("config", "config.json"),
-        ("remove", "model.safetensors or pytorch_model.bin"),
-    ],
-)
-def test_corrupt_or_incomplete_checkpoint_names_the_file(damage, named, tiny_model, tmp_path):
+    [("truncate", "model.safetensors"), ("config", "config.json"), ("remove", "model.safetensors or pytorch_model.bin"),
+     ("folder", "does not exist"), ("nan", r"non-finite weights \(NaN or inf in 1, e\.g\. decoder\.block\.1\.")],
+)  # fmt: skip
+def test_a_damaged_checkpoint_is_named_before_it_loads(damage, named, tiny_model, tmp_path):
+    """Each damage is named; NaN weights (what a diverged run saves) load, so only the finite check stops them."""
     from lab_utils.models import check_model_dir
 
+    if damage == "nan":
+        with torch.no_grad():
+            tiny_model.decoder.block[1].layer[0].SelfAttention.v.weight[3, 5] = float("nan")
     tiny_model.save_pretrained(tmp_path / "ckpt")
     weights, config = tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json"
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "config":
         config.write_text(config.read_text()[:40])
-    else:
+    elif damage == "remove":
         weights.unlink()
+    elif damage == "nan":
+        assert check_model_dir(tmp_path / "ckpt") == tmp_path / "ckpt"  # whole and readable
     with pytest.raises(LabError, match=named):
-        check_model_dir(tmp_path / "ckpt")
-
-
-def test_a_checkpoint_with_non_finite_weights_is_refused(tiny_model, tmp_path):
-    """What a diverged full fine-tuning saves: loadable, so only the finite check stops it before it is published."""
-    import torch
-
-    from lab_utils.models import check_model_dir
-
-    with torch.no_grad():
-        tiny_model.decoder.block[1].layer[0].SelfAttention.v.weight[3, 5] = float("nan")
-    tiny_model.save_pretrained(tmp_path / "ckpt")
-    assert check_model_dir(tmp_path / "ckpt") == tmp_path / "ckpt"  # whole and readable
-    with pytest.raises(LabError, match=r"has non-finite weights \(NaN or inf in 1, e\.g\. decoder\.block\.1\."):
-        check_model_dir(tmp_path / "ckpt", finite=True, fix="run the command again to retrain it")
-
-
-def test_missing_checkpoint_folder_is_named(tmp_path):
-    from lab_utils.models import check_model_dir
-
-    with pytest.raises(LabError, match="checkpoint folder .*nope does not exist"):
-        check_model_dir(tmp_path / "nope")
+        check_model_dir(tmp_path / ("nope" if damage == "folder" else "ckpt"), finite=True)
 
 
 def test_rerunning_the_lora_cell_does_not_stack_adapters(tiny_model):
