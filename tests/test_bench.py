@@ -29,7 +29,7 @@ def numbers(obj):
 
 @pytest.mark.slow
 def test_smoke_run_answers_every_question(data_dir, tmp_path, monkeypatch, capsys):
-    # 54-68 s on 2 shared cores (40 s of CPU): nine measuring processes, each importing torch
+    # --smoke measures in this process (no fresh Python importing torch per measurement), a tiny model: a few seconds
     monkeypatch.setenv("LAB_DATA_DIR", str(data_dir))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the registry of what the lab wrote
     out = tmp_path / "report.json"
