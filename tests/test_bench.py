@@ -27,7 +27,6 @@ def numbers(obj):
     return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
 
 
-@pytest.mark.slow
 def test_smoke_run_answers_every_question(data_dir, tmp_path, monkeypatch, capsys):
     # --smoke measures in this process (no fresh Python importing torch per measurement), a tiny model: a few seconds
     monkeypatch.setenv("LAB_DATA_DIR", str(data_dir))
