@@ -147,6 +147,10 @@ def test_a_damaged_newest_checkpoint_is_never_resumed_from(tiny_settings, monkey
         damage(copy / "checkpoint-4")
         assert resume_point(copy, 4) == str(copy / "checkpoint-2"), name
         assert not (copy / "checkpoint-4").exists(), name
+    record = (folder / "stage.json").stat()
+    with pytest.raises(KeyboardInterrupt):  # the same identity again: it resumes, and its record is not rewritten
+        run_instructor(tiny_settings, upload=False, progress=False)
+    assert (folder / "stage.json").stat().st_ino == record.st_ino
 
 
 def test_a_diverging_run_stops_and_saves_or_publishes_nothing(tiny_settings, local_s3):

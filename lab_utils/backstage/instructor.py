@@ -1,21 +1,20 @@
-"""The instructor command: train what the notebook trains, for longer; summarize the whole test set; publish.
+"""The instructor command: train what the notebook trains, for longer; summarize the whole test set; publish."""
 
-The recipe is the notebook itself: its cells `tokenize`, `collator`, `full-training-args`, `lora-config` and
-`lora-training-args` are executed here (with the instructor's step counts), and only how the run goes is changed
-(checkpoints, the validation loss, the best checkpoint kept). Stages, each an output in the run folder
-(`data/<profile>/instructor-run/`):
-
-  full     the fully fine-tuned ("instruct") model          -> flan-dialogue-summary-checkpoint/
-  lora     the LoRA adapter for summaries                    -> peft-dialogue-summary-checkpoint/
-  topic    a second LoRA adapter: the dialogue's topic       -> peft-dialogue-topic-checkpoint/
-  results  every test row summarized by the three models     -> dialogue-summary-training-results.csv
-           and every test dialogue's topic by the topic adapter -> dialogue-topic-results.csv
-
-A stage is done when its output records the identity it would be made with now: a hash of the settings it reads, the
-original model's fingerprint, the datasets' fingerprints, the recipe cells' text and the precision. Training saves
-Trainer checkpoints every `LAB_SAVE_STEPS` steps in `<output>.trainer/`; a rerun resumes from the newest whole one.
-Each finished column of summaries is kept in `generation/`, so a rerun regenerates only what changed.
-"""
+# The recipe is the notebook itself: its cells `tokenize`, `collator`, `full-training-args`, `lora-config` and
+# `lora-training-args` are executed here (with the instructor's step counts), and only how the run goes is changed
+# (checkpoints, the validation loss, the best checkpoint kept). Stages, each an output in the run folder
+# (`data/<profile>/instructor-run/`):
+#
+#   full     the fully fine-tuned ("instruct") model          -> flan-dialogue-summary-checkpoint/
+#   lora     the LoRA adapter for summaries                    -> peft-dialogue-summary-checkpoint/
+#   topic    a second LoRA adapter: the dialogue's topic       -> peft-dialogue-topic-checkpoint/
+#   results  every test row summarized by the three models     -> dialogue-summary-training-results.csv
+#            and every test dialogue's topic by the topic adapter -> dialogue-topic-results.csv
+#
+# A stage is done when its output records the identity it would be made with now: a hash of the settings it reads, the
+# original model's fingerprint, the datasets' fingerprints, the recipe cells' text and the precision. Training saves
+# Trainer checkpoints every `LAB_SAVE_STEPS` steps in `<output>.trainer/`; a rerun resumes from the newest whole one.
+# Each finished column of summaries is kept in `generation/`, so a rerun regenerates only what changed.
 
 from __future__ import annotations
 
@@ -29,44 +28,39 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from datasets import DatasetDict
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
-from .. import data
+from .. import data, generation
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
-from ..engines import ENGINES
+from ..engines import ENGINES, prepare_for_inference
 from ..errors import LabError
 from ..files import write_file, write_folder, write_json
+from ..models import check_adapter_dir, check_model_dir, fingerprint
+from ..results_file import write_results_file
 from ..s3 import check_publish_target, upload_folder
 from .local_s3 import local_s3_for
 
 NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
-LORA_CELLS = ("lora-config", "lora-training-args")
+# the notebook's cells that build a stage's trainer (after `tokenize` and `collator`), and the variable they leave it in
+CELLS = {"full": (("full-training-args",), "trainer"), "lora": (("lora-config", "lora-training-args"), "peft_trainer")}
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    name: str
+class Stage(NamedTuple):
+    name: str  # its step count is the setting `instructor_<name>_steps`
     folder: str  # its output in the run folder (published as is)
-    cells: tuple[str, ...]  # the notebook's cells that build its trainer (after `tokenize` and `collator`)
-    trainer: str  # the variable those cells leave the trainer in
-    lr_setting: str
-    steps_setting: str  # the instructor's step count, given to the cells as ...
-    notebook_steps: str  # ... the setting they read
-    topic: bool = False  # trained on the `topic` column with `build_topic_prompt`
+    recipe: str  # "full" or "lora": its cells read the settings `<recipe>_lr` and `notebook_<recipe>_steps`
+    prompt: object = data.build_prompt  # the topic adapter is trained on the `topic` column with `build_topic_prompt`
 
 
-STAGES = (
-    Stage("full", FULL_CHECKPOINT, ("full-training-args",), "trainer", "full_lr", "instructor_full_steps",
-          "notebook_full_steps"),
-    Stage("lora", PEFT_CHECKPOINT, LORA_CELLS, "peft_trainer", "lora_lr", "instructor_lora_steps",
-          "notebook_lora_steps"),
-    Stage("topic", TOPIC_CHECKPOINT, LORA_CELLS, "peft_trainer", "lora_lr", "instructor_topic_steps",
-          "notebook_lora_steps", topic=True),
-)  # fmt: skip
+STAGES = (Stage("full", FULL_CHECKPOINT, "full"), Stage("lora", PEFT_CHECKPOINT, "lora"),
+          Stage("topic", TOPIC_CHECKPOINT, "lora", data.build_topic_prompt))  # fmt: skip
 PUBLISHED = (*(stage.folder for stage in STAGES), RESULTS_FILE, TOPIC_RESULTS_FILE)
 # the settings a trained stage depends on, besides its learning rate and step count (the validation loss, measured
 # every `eval_steps` on `validation_rows` rows, picks the checkpoint kept among those saved every `save_steps`)
@@ -87,10 +81,9 @@ def hash_of(value: object) -> str:
 def recorded(path: Path) -> str | None:
     """The identity a JSON record holds (None: no record, or a damaged one)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8")).get("identity")
+    except (OSError, ValueError, AttributeError):  # AttributeError: JSON that is not an object
         return None
-    return value.get("identity") if isinstance(value, dict) else None
 
 
 # --- the notebook's cells ------------------------------------------------------------------------------------------
@@ -104,20 +97,13 @@ def cell_source(cell_id: str) -> str:
 
 
 def run_cell(cell_id: str, namespace: dict, keep: set[str] | None = None) -> dict:
-    """Execute a notebook cell in `namespace`, without its `print` lines; with `keep`, only its imports and the
-    statements that define those names."""
+    """Execute a notebook cell in `namespace` without its `print` lines (with `keep`: its imports and those names)."""
 
     def wanted(node) -> bool:
         if isinstance(node, ast.Expr) and getattr(getattr(node.value, "func", None), "id", "") == "print":
             return False
-        if keep is None or isinstance(node, ast.Import | ast.ImportFrom):
-            return True
-        names = (
-            {node.name}
-            if isinstance(node, ast.FunctionDef)
-            else {getattr(t, "id", "") for t in getattr(node, "targets", ())}
-        )
-        return bool(names & keep)
+        names = {getattr(node, "name", "")} | {getattr(target, "id", "") for target in getattr(node, "targets", ())}
+        return keep is None or isinstance(node, ast.Import | ast.ImportFrom) or bool(names & keep)
 
     tree = ast.parse(cell_source(cell_id))
     tree.body = [node for node in tree.body if wanted(node)]
@@ -134,9 +120,7 @@ def tokenize(dataset, tokenizer, settings: Settings, prompt=None):
 
 def data_collator(tokenizer, model):
     """Notebook 3.1: the cell's `DataCollatorForSeq2Seq`."""
-    return run_cell("collator", {"tokenizer": tokenizer, "original_model": model}, keep={"data_collator"})[
-        "data_collator"
-    ]
+    return run_cell("collator", {"tokenizer": tokenizer, "original_model": model}, {"data_collator"})["data_collator"]
 
 
 def lora_config(r: int = 32):
@@ -189,11 +173,8 @@ def checkpoint_problem(folder: Path, max_steps: int) -> str | None:
 
 def resume_point(folder: Path, max_steps: int) -> str | None:
     """The newest whole checkpoint in a trainer folder; newer damaged ones are removed."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     while folder.is_dir() and (last := get_last_checkpoint(str(folder))) is not None:
-        problem = checkpoint_problem(Path(last), max_steps)
-        if problem is None:
+        if (problem := checkpoint_problem(Path(last), max_steps)) is None:
             return last
         print(f"Warning: {Path(last).name} cannot be resumed from ({problem}); removed it", flush=True)
         shutil.rmtree(last)
@@ -201,26 +182,19 @@ def resume_point(folder: Path, max_steps: int) -> str | None:
 
 
 def stage_trainer(stage: Stage, settings: Settings, world: dict, folder: Path, progress: bool):
-    """The notebook's cells for this stage, run with the instructor's step count; their trainer's model, data and
-    collator in a `Seq2SeqTrainer` that checkpoints, measures the validation loss and keeps the best checkpoint."""
+    """The notebook's trainer for this stage, in a `Seq2SeqTrainer` that checkpoints and keeps the best checkpoint."""
+    # the cells run with the instructor's step count; their trainer's model, data and collator are kept, and the
+    # arguments add checkpoints, the validation loss and the best checkpoint loaded at the end
     from transformers import Seq2SeqTrainer
 
-    from ..models import fingerprint
-
-    namespace = {
-        **world,
-        "settings": settings.replace(**{stage.notebook_steps: getattr(settings, stage.steps_setting)}),
-        "tokenized_datasets": world["tokenized"][stage.topic],
-        "build_prompt": data.build_topic_prompt if stage.topic else data.build_prompt,
-        "fingerprint": fingerprint,
-        "copy": copy,
-        "torch": torch,
-        "LORA_RANK": 32,
-    }
+    steps = getattr(settings, f"instructor_{stage.name}_steps")
+    namespace = {**world, "settings": settings.replace(**{f"notebook_{stage.recipe}_steps": steps}),
+                 "tokenized_datasets": world["tokenized"][stage.prompt], "LORA_RANK": 32}  # fmt: skip
     run_cell("full-training-args", namespace, keep=set())  # its imports: the LoRA cells use them too
-    for cell in ("collator", *stage.cells):
+    cells, trainer = CELLS[stage.recipe]
+    for cell in ("collator", *cells):
         run_cell(cell, namespace, keep={"data_collator"} if cell == "collator" else None)
-    cell = namespace[stage.trainer]
+    cell = namespace[trainer]
     args = dataclasses.replace(
         cell.args, output_dir=str(folder), save_strategy="steps", save_steps=settings.save_steps,
         save_total_limit=2, eval_strategy="steps", eval_steps=settings.eval_steps,
@@ -236,25 +210,23 @@ def stage_trainer(stage: Stage, settings: Settings, world: dict, folder: Path, p
 def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identity: str, progress: bool) -> None:
     """Train one stage (resuming from its newest whole checkpoint) and save the best model to its output folder."""
     t0, folder = time.time(), out / f"{stage.folder}.trainer"
-    if folder.exists() and recorded(folder / "stage.json") != identity:
-        shutil.rmtree(folder)  # another identity's checkpoints: nothing to resume
-    write_json(folder / "stage.json", {"identity": identity})
+    if recorded(folder / "stage.json") != identity:
+        shutil.rmtree(folder, ignore_errors=True)  # another identity's checkpoints: nothing to resume
+        write_json(folder / "stage.json", {"identity": identity})
     trainer = stage_trainer(stage, settings, world, folder, progress)
     resume = resume_point(folder, trainer.args.max_steps)
     if resume:
         print(f"Resuming the {stage.name} stage from {Path(resume).name}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     for entry in trainer.state.log_history:
-        for key in ("loss", "grad_norm"):
-            if not math.isfinite(entry.get(key, 0.0)):
-                raise LabError(
-                    f"training the {stage.name} stage diverged: {key} = {entry[key]} at step {entry.get('step')}; "
-                    "nothing was saved",
-                    f"lower `LAB_{stage.lr_setting.upper()}` (the learning rate that diverged) and run it again",
-                )
+        if key := next((k for k in ("loss", "grad_norm") if not math.isfinite(entry.get(k, 0.0))), None):
+            raise LabError(
+                f"training the {stage.name} stage diverged: {key} = {entry[key]} at step {entry.get('step')}; "
+                "nothing was saved",
+                f"lower `LAB_{stage.recipe.upper()}_LR` (the learning rate that diverged) and run it again",
+            )
     model = trainer.model.to("cpu")
-    if settings.offline:
-        model.half()  # the offline release is committed to git: fp16 on disk, loaded as float32
+    model = model.half() if settings.offline else model  # the offline release is in git: fp16 on disk, loaded as fp32
     with write_folder(out / stage.folder, mark=False) as tmp:
         model.save_pretrained(tmp)
         if stage.name == "full":  # a full checkpoint carries its tokenizer; an adapter is only the adapter
@@ -270,37 +242,22 @@ def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identi
 
 
 def identities(settings: Settings, original_fingerprint: str, dataset, precision: str) -> dict[str, str]:
-    """Each trained stage's identity (see the module's docstring)."""
+    """Each trained stage's identity (see the top of this module)."""
     splits = {split: dataset[split]._fingerprint for split in ("train", "validation")}
-    return {
-        stage.name: hash_of({
-            "settings": {k: getattr(settings, k) for k in (*TRAINING_SETTINGS, stage.lr_setting, stage.steps_setting)},
-            "original": original_fingerprint, "data": splits, "precision": precision,
-            "recipe": [cell_source(c) for c in ("tokenize", "collator", *stage.cells)],
-            "prompt": (data.build_topic_prompt if stage.topic else data.build_prompt)("{dialogue}"),
-        })
-        for stage in STAGES
-    }  # fmt: skip
-
-
-def load_original(settings: Settings):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from ..models import check_model_dir
-
-    source = settings.model_path_or_id
-    if not looks_like_hub_id(settings.model_id):  # a local folder: check it before loading
-        check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
-    return AutoModelForSeq2SeqLM.from_pretrained(source, dtype=torch.float32), AutoTokenizer.from_pretrained(source)
+    ids = {}
+    for stage in STAGES:
+        read = (*TRAINING_SETTINGS, f"{stage.recipe}_lr", f"instructor_{stage.name}_steps")
+        ids[stage.name] = hash_of({
+            "settings": {k: getattr(settings, k) for k in read}, "original": original_fingerprint, "data": splits,
+            "precision": precision, "prompt": stage.prompt("{dialogue}"),
+            "recipe": [cell_source(c) for c in ("tokenize", "collator", *CELLS[stage.recipe][0])],
+        })  # fmt: skip
+    return ids
 
 
 def run_instructor(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "pytorch"):
-    """Train the stages that are not done, generate the results files, and (optionally) publish; returns the run
-    folder. `fast_inference`: the engine (`engines.ENGINES`) that generates the results files."""
-    from datasets import DatasetDict
-
-    from ..data import load_dialogsum
-    from ..models import fingerprint
+    """Train the stages not done, write the results files with `fast_inference`, publish; returns the run folder."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     if fast_inference not in ENGINES:
         raise LabError(f"unknown engine {fast_inference!r}", f"use one of {', '.join(ENGINES)}")
@@ -308,8 +265,12 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
         local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
         check_publish_target(settings)  # before hours of training, not after
     out = run_dir(settings)
-    original, tokenizer = load_original(settings)
-    dataset = load_dialogsum(settings)
+    source = settings.model_path_or_id
+    if not looks_like_hub_id(settings.model_id):  # a local folder: check it before loading
+        check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
+    original = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    dataset = data.load_dialogsum(settings)
     device = best_device()
     world = {"original_model": original, "tokenizer": tokenizer, "original_fingerprint": fingerprint(original),
              "device": device, "precision": resolve_precision(settings.precision, device), "runs": out}  # fmt: skip
@@ -317,12 +278,12 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
     for stage in STAGES:
         if recorded(out / stage.folder / "train_facts.json") == ids[stage.name]:
             continue
-        if "tokenized" not in world:
+        if "tokenized" not in world:  # keyed by prompt: summaries, or (the `topic` column as the target) topics
             rows = range(min(settings.validation_rows, len(dataset["validation"])))
             splits = DatasetDict(train=dataset["train"], validation=dataset["validation"].select(rows))
             topics = splits.map(lambda batch: {"summary": batch["topic"]}, batched=True)
-            world["tokenized"] = {topic: tokenize(d, tokenizer, settings, data.build_topic_prompt if topic else None)
-                                  for topic, d in ((False, splits), (True, topics))}  # fmt: skip
+            pairs = ((data.build_prompt, splits), (data.build_topic_prompt, topics))
+            world["tokenized"] = {prompt: tokenize(d, tokenizer, settings, prompt) for prompt, d in pairs}
         train_stage(stage, settings, out, world, ids[stage.name], progress)
     results_stage(settings, out, world, dataset["test"], ids, fast_inference, progress)
     if upload:
@@ -333,33 +294,10 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
 # --- results --------------------------------------------------------------------------------------------------------
 
 
-def generated(out: Path, column: str, key: dict, make) -> list[str]:
-    """A column of summaries: from `generation/` when this very generation finished before, else made, checked (no
-    empty summary) and kept there."""
-    path = out / "generation" / f"{column}-{hash_of(key)}.json"
-    if recorded(path) == hash_of(key):
-        return json.loads(path.read_text(encoding="utf-8"))["texts"]
-    texts = make()
-    empty = sum(not t.strip() for t in texts)
-    if empty:
-        raise LabError(
-            f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results files "
-            "were not written (and nothing was published)",
-            "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
-        )
-    write_json(path, {"identity": hash_of(key), "texts": texts})
-    return texts
-
-
 def results_stage(settings: Settings, out: Path, world: dict, test, ids: dict, engine: str, progress: bool) -> None:
     """Both results files, generated with `summarize` on `engine`, each model's column reused when unchanged."""
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
-
-    from ..engines import prepare_for_inference
-    from ..generation import summarize
-    from ..models import check_adapter_dir, check_model_dir
-    from ..results_file import write_results_file
 
     device = world["device"] if engine == "pytorch" else "cpu"  # CTranslate2 runs on the CPU
     how = {**{k: getattr(settings, k) for k in GENERATION_SETTINGS}, "engine": engine, "device": device,
@@ -385,18 +323,29 @@ def results_stage(settings: Settings, out: Path, world: dict, test, ids: dict, e
     )  # fmt: skip
     columns = {}
     for column, model_id, make, prompt in plan:
+        # a column of summaries is kept in `generation/` when it is whole (no empty summary), and reused by a rerun
+        # that would make this very generation
+        key = hash_of({**how, "model": model_id, "prompt": prompt is not None})
+        path = out / "generation" / f"{column}-{key}.json"
+        if recorded(path) == key:
+            columns[column] = json.loads(path.read_text(encoding="utf-8"))["texts"]
+            continue
         name = column.removesuffix("_summaries")
-
-        def run(make=make, prompt=prompt, name=name):
-            print(f"Generating the test set's {name.replace('_', ' ')}", flush=True)
-            model = prepare_for_inference(make().to(device), engine, tokenizer)
-            return summarize(model, tokenizer, list(test["dialogue"]), settings, progress=progress, desc=name,
-                             prompt=prompt)  # fmt: skip
-
-        columns[column] = generated(out, column, {**how, "model": model_id, "prompt": prompt is not None}, run)
-    topics = {"human_baseline_topics": list(test["topic"]), "peft_model_topics": columns.pop("peft_model_topics")}
-    for name, values in ((RESULTS_FILE, {"human_baseline_summaries": list(test["summary"]), **columns}),
-                         (TOPIC_RESULTS_FILE, topics)):  # fmt: skip
+        print(f"Generating the test set's {name.replace('_', ' ')}", flush=True)
+        model = prepare_for_inference(make().to(device), engine, tokenizer)
+        texts = generation.summarize(model, tokenizer, list(test["dialogue"]), settings, progress=progress, desc=name,
+                                     prompt=prompt)  # fmt: skip
+        if empty := sum(not text.strip() for text in texts):
+            raise LabError(
+                f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results files "
+                "were not written (and nothing was published)",
+                "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
+            )
+        write_json(path, {"identity": key, "texts": texts})
+        columns[column] = texts
+    summaries = {"human_baseline_summaries": list(test["summary"]), **columns}
+    topics = {"human_baseline_topics": list(test["topic"]), "peft_model_topics": summaries.pop("peft_model_topics")}
+    for name, values in ((RESULTS_FILE, summaries), (TOPIC_RESULTS_FILE, topics)):
         with write_file(out / name, mark=False) as tmp:
             write_results_file(tmp, values, extra={"id": list(test["id"])})
     write_json(out / "results.json", {"identity": identity})

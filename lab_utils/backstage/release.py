@@ -1,10 +1,9 @@
-"""The offline profile's release: the stand-in and one instructor run, trained once and committed to git.
+"""The offline profile's release: the stand-in and one instructor run, trained once and committed to git."""
 
-Training a stand-in that really summarizes takes longer than CI or a first notebook run should wait, so the project
-keeps the result of its own commands in `lab_utils/backstage/release/` (fp16 safetensors, a few MB each), with a
-`MANIFEST.json` of checksums, the commands that made it and how long they took. The offline notebook publishes this
-folder to its local S3 server; `python -m lab_utils release` replaces it with a new finished run.
-"""
+# Training a stand-in that really summarizes takes longer than CI or a first notebook run should wait, so the project
+# keeps the result of its own commands in `lab_utils/backstage/release/` (fp16 safetensors, a few MB each), with a
+# `MANIFEST.json` of checksums, the commands that made it and how long they took. The offline notebook publishes this
+# folder to its local S3 server; `python -m lab_utils release` replaces it with a new finished run.
 
 from __future__ import annotations
 
@@ -15,10 +14,13 @@ from pathlib import Path
 
 from ..checkpoints import FULL_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
+from ..data import load_dialogsum
 from ..errors import LabError
 from ..files import digest, write_folder, write_json
-from ..models import read_json
+from ..models import check_adapter_dir, check_model_dir, fingerprint, read_json
+from ..results_file import TOPIC_COLUMNS, read_results_file
 from ..s3 import upload_folder
+from ..scoring import story_checks
 from .instructor import PUBLISHED, STAGES, run_dir
 from .local_s3 import local_s3_for
 
@@ -41,8 +43,8 @@ def verify_release(folder: Path = RELEASE_DIR) -> dict:
 
 
 def name_the_release_base(folder: Path, base: str) -> None:
-    """Name the release's own stand-in as its adapters' base (`adapter_config.json` and peft's model card), instead
-    of the folder on the machine that trained them."""
+    """Name the release's own stand-in as its adapters' base (`adapter_config.json` and peft's model card)."""
+    # instead of the folder on the machine that trained them
     for adapter in sorted(folder.glob("*/adapter_config.json")):
         trained_on = read_json(adapter, "adapter", "").get("base_model_name_or_path")
         for path in (adapter, adapter.with_name("README.md")):
@@ -51,19 +53,13 @@ def name_the_release_base(folder: Path, base: str) -> None:
 
 
 def check_run(settings: Settings, run: Path) -> dict[str, dict]:
-    """What a release promises, checked on the run before anything is written: the checkpoint and adapters load,
-    they were trained on `LAB_MODEL_ID` (its fingerprint), and the results file passes `scoring.story_checks`.
-    Returns each stage's `train_facts.json`."""
+    """Each stage's `train_facts.json`, after checking on the run what a release promises, before writing anything."""
+    # the checkpoint and adapters load, they were trained on `LAB_MODEL_ID` (its fingerprint), and the results file
+    # passes `scoring.story_checks`
     from transformers import AutoModelForSeq2SeqLM
 
-    from ..data import load_dialogsum
-    from ..models import check_adapter_dir, check_model_dir, fingerprint
-    from ..results_file import TOPIC_COLUMNS, read_results_file
-    from ..scoring import story_checks
-
     fix = "run `python -m lab_utils --profile offline instructor` again: it retrains what is damaged"
-    missing = [name for name in PUBLISHED if not (run / name).exists()]
-    if missing:
+    if missing := [name for name in PUBLISHED if not (run / name).exists()]:
         raise LabError(f"the instructor run in {run} is not finished (no {', '.join(missing)})", fix)
     check_model_dir(run / FULL_CHECKPOINT, finite=True, fix=fix)
     base = AutoModelForSeq2SeqLM.from_pretrained(check_model_dir(settings.model_path_or_id), dtype="float32")
@@ -79,8 +75,7 @@ def check_run(settings: Settings, run: Path) -> dict[str, dict]:
         check_adapter_dir(run / stage.folder, base, settings.model_id, fix=fix)
     read_results_file(run / TOPIC_RESULTS_FILE, TOPIC_COLUMNS)
     checks = story_checks(read_results_file(run / RESULTS_FILE), load_dialogsum(settings)["train"]["summary"])
-    failed = [f"{name}: {numbers}" for name, (ok, numbers) in checks.items() if not ok]
-    if failed:
+    if failed := [f"{name}: {numbers}" for name, (ok, numbers) in checks.items() if not ok]:
         raise LabError(
             f"the run's results file fails {len(failed)} of {len(checks)} story checks, so it is not released "
             "(nothing was written):\n    " + "\n    ".join(failed),
@@ -90,8 +85,8 @@ def check_run(settings: Settings, run: Path) -> dict[str, dict]:
 
 
 def make_release(settings: Settings, made_by: str, build_seconds: float | None = None, dest: Path = RELEASE_DIR):
-    """Check the finished offline instructor run, then write it with the stand-in and a manifest to `dest` (which
-    the caller checked with `files.check_output`)."""
+    """Check the finished offline run, then write it with the stand-in and a manifest to `dest`."""
+    # `dest` was checked by the caller (`files.check_output`)
     run = run_dir(settings)
     facts = check_run(settings, run)
     seconds = {name: f.get("seconds") for name, f in facts.items()}
@@ -120,8 +115,8 @@ def make_release(settings: Settings, made_by: str, build_seconds: float | None =
 
 
 def start_offline_world(settings: Settings) -> None:
-    """The offline notebook's world: check the committed release, start the local S3 server on 127.0.0.1 and publish
-    the release to it, so that the notebook pulls what the project's instructor command trained (a few seconds)."""
+    """The offline notebook's world: the committed release, checked and published to a local S3 server."""
+    # the server listens on 127.0.0.1; the notebook pulls what the project's instructor command trained (a few seconds)
     manifest = verify_release()
     if settings.path(settings.model_id) != RELEASE_DIR / STANDIN:
         print(
