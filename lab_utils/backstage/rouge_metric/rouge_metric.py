@@ -1,11 +1,9 @@
-"""ROUGE as an `evaluate` metric that loads without the Hub: the offline profile's `evaluate.load(...)` target.
+"""ROUGE as an `evaluate` metric that loads without the Hub: the offline profile's `evaluate.load(...)` target."""
 
-The course calls `evaluate.load("rouge")`, which fetches the metric's script from the Hugging Face Hub. Offline,
-`evaluate.load("lab_utils/backstage/rouge_metric")` loads this file instead: the same computation (Google's
-`rouge_score` package, the same inputs and options, per-row scores or the bootstrap aggregate), so the notebook's
-cells are the same in both profiles. `test_local_rouge_metric_equals_rouge_score` (tests/test_evaluation.py) checks
-it against `rouge_score`.
-"""
+# The course calls evaluate.load("rouge"), whose script lives on the Hugging Face Hub. Offline,
+# evaluate.load("lab_utils/backstage/rouge_metric") loads this file: the same computation (Google's rouge_score, the
+# same inputs and options), so the notebook's cells are the same in both profiles (tests/test_evaluation.py checks
+# it against rouge_score).
 
 from functools import cache
 
@@ -22,8 +20,9 @@ bootstrap aggregate, its middle F-measure; False: one F-measure per prediction);
 
 
 class CachedTokenizer(tokenizers.Tokenizer):
-    """rouge_score's tokenizer, remembering each text's tokens: the same references are scored again and again (the
-    best constant summary scores ~14 candidates against the same 1,500), and stemming is most of the work."""
+    """rouge_score's tokenizer, remembering each text's tokens (stemming is most of the work)."""
+
+    # the same references are scored again and again: the best constant summary scores ~14 candidates against 1,500
 
     def __init__(self, use_stemmer: bool):
         self._tokenize = cache(tokenizers.DefaultTokenizer(use_stemmer=use_stemmer).tokenize)
