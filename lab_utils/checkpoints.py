@@ -1,5 +1,4 @@
-"""What the notebook pulls from `LAB_S3_URI` (with `s3.pull`): the instructor's checkpoints and results files, checked
-after the pull."""
+"""What the notebook pulls from `LAB_S3_URI`: the instructor's checkpoints and results files, checked after the pull."""
 
 from __future__ import annotations
 
@@ -17,15 +16,11 @@ RESULTS_FILE = "dialogue-summary-training-results.csv"  # every test row summari
 TOPIC_RESULTS_FILE = "dialogue-topic-results.csv"  # every test row's topic named by the topic adapter
 
 
-def pulled_path(settings: Settings, name: str) -> Path:
-    """Where the notebook keeps what it pulled from `LAB_S3_URI`."""
-    return settings.work_path / settings.profile / "pulled" / name
-
-
 def _pull(settings: Settings, name: str, missing_ok: bool = False, note: str = "") -> Path | None:
     """Pull `name` (a folder when it ends with "/") from `LAB_S3_URI`; with `missing_ok`, None and `note` if absent."""
+    local = settings.work_path / settings.profile / "pulled" / name.rstrip("/")  # where the notebook keeps it
     try:
-        return pull(settings.s3(name), pulled_path(settings, name.rstrip("/")), anonymous=settings.s3_anonymous)
+        return pull(settings.s3(name), local, anonymous=settings.s3_anonymous)
     except NotFoundOnS3:
         if not missing_ok:
             raise
@@ -42,8 +37,8 @@ def pull_full_checkpoint(settings: Settings) -> Path:
 
 
 def pull_adapter(settings: Settings, name: str = PEFT_CHECKPOINT, missing_ok: bool = False) -> Path | None:
-    """Pull a published LoRA adapter, checked against the original model before peft loads it (`missing_ok`: None,
-    and a note, when it was never published)."""
+    """Pull a published LoRA adapter, checked against the original model before peft loads it."""
+    # `missing_ok`: None, and a note, when it was never published
     from .models import check_adapter_dir, shape_model
 
     folder = _pull(settings, name + "/", missing_ok, " (the instructor command publishes it beside the others).")
@@ -59,8 +54,8 @@ def find_topic_results_file(settings: Settings, missing_ok: bool = False) -> Pat
 
 
 def find_results_file(settings: Settings) -> Path:
-    """The results file: in the course profile the lab folder's copy (`data/` + RESULTS_FILE) when present, as the
-    course shipped it, else the one published under `LAB_S3_URI`. Says which it used."""
+    """The results file: the lab folder's copy when present (not offline), else the one under `LAB_S3_URI`."""
+    # the course shipped its copy as `data/` + RESULTS_FILE; the function says which it used
     local, uri = settings.work_path / RESULTS_FILE, settings.s3(RESULTS_FILE)
     if not settings.offline and local.is_file():
         print(f"Results file: {local} (the lab folder's copy)")
@@ -68,11 +63,8 @@ def find_results_file(settings: Settings) -> Path:
     try:
         path = _pull(settings, RESULTS_FILE)
     except NotFoundOnS3 as exc:
-        raise LabError(
-            f"no results file at {uri}"
-            if settings.offline
-            else f"no results file: it is neither at {local} (the course's lab folder) nor at {uri}",
-            f"copy the course's {RESULTS_FILE} to {local}, or publish one to `LAB_S3_URI` (the instructor command)",
-        ) from exc
+        where = f"not at {uri}" if settings.offline else f"neither at {local} (the course's lab folder) nor at {uri}"
+        fix = f"copy the course's {RESULTS_FILE} to {local}, or publish one to `LAB_S3_URI` (the instructor command)"
+        raise LabError(f"no results file: it is {where}", fix) from exc
     print(f"Results file: {path} (pulled from {uri})")
     return path

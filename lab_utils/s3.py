@@ -1,7 +1,7 @@
-"""S3 both ways with boto3's managed transfers: `pull` (the notebook) and `push` (the instructor command), verified by
-size and checksum (the sha256 the lab stores in each object's metadata, else an ETag that is a plain MD5). Problems a
-learner can fix are raised as `LabError`, from the library's error."""
+"""S3 both ways with boto3's managed transfers, checked by size and checksum: `pull` (notebook), `push` (instructor)."""
 
+# The checksum: the sha256 the lab stores in each object's metadata, else an ETag that is a plain MD5. Problems a
+# learner can fix are raised as `LabError`, from the library's error.
 from __future__ import annotations
 
 import hashlib
@@ -30,14 +30,10 @@ NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken"}
 # what to try when S3 says "no credentials" or "access denied" (a recurring question of learners outside SageMaker)
 CREDENTIALS_FIX = (
-    "For a public bucket such as the course's, set `LAB_S3_ANONYMOUS=true` (no credentials needed); on SageMaker, "
-    "give the notebook's execution role read access to the bucket; elsewhere, set `AWS_PROFILE` (or "
-    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) to an account allowed to read it, and check the system clock."
+    "For a public bucket (the course's), set `LAB_S3_ANONYMOUS=true`; on SageMaker, give the notebook's role read "
+    "access to it; elsewhere, set `AWS_PROFILE` (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and check the clock."
 )
-PREFIX_FIX = (
-    "Check `LAB_S3_URI` (the lab's S3 prefix) for typos (a folder URI ends with '/'), and that the instructor command "
-    "published there (`python -m lab_utils instructor`)."
-)
+PREFIX_FIX = "Check `LAB_S3_URI` for typos (a folder ends with '/'), and that the instructor command published there."
 
 
 class NotFoundOnS3(LabError):
@@ -52,10 +48,8 @@ def client(anonymous: bool = False):
     try:  # a fresh Session: the default one caches the credentials it found first (later keys would be ignored)
         return boto3.session.Session().client("s3", config=config)
     except bx.BotoCoreError as exc:  # e.g. a profile named in AWS_PROFILE that does not exist
-        raise LabError(
-            f"Could not create an S3 client from your AWS configuration: {exc}",
-            "Check AWS_PROFILE / AWS_DEFAULT_REGION / AWS_ENDPOINT_URL_S3 and ~/.aws/config.",
-        ) from exc
+        fix = "Check AWS_PROFILE / AWS_DEFAULT_REGION / AWS_ENDPOINT_URL_S3 and ~/.aws/config."
+        raise LabError(f"Could not create an S3 client from your AWS configuration: {exc}", fix) from exc
 
 
 def is_local(s3) -> bool:
@@ -64,84 +58,63 @@ def is_local(s3) -> bool:
 
 
 def _code(exc: BaseException) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code"))
+    return str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code"))
 
 
-def _missing(s3, bucket: str) -> bool:
-    """Whether the bucket is missing (a HEAD answer has no error code: a 404 is the sign)."""
-    try:
-        s3.head_bucket(Bucket=bucket)
+def _no_bucket(s3, uri: str) -> LabError | None:
+    """The LabError that says that the URI's bucket is missing; None when it is there (or may not be looked at)."""
+    try:  # a HEAD answer has no error code: its 404 is the sign
+        s3.head_bucket(Bucket=parse_s3_uri(uri)[0])
     except bx.ClientError as exc:
-        return _code(exc) in NOT_FOUND
-    return False
-
-
-def _no_bucket(s3, bucket: str, uri: str) -> LabError:
-    return LabError(
-        f"The bucket s3://{bucket}/ (from {uri}) does not exist at {s3.meta.endpoint_url}.",
-        "Check the bucket in `LAB_S3_URI` for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE point at the "
-        "account or server that holds it.",
-    )
-
-
-def _translate(exc: BaseException, s3, uri: str, where: object) -> LabError | None:
-    """The LabError for a botocore or OS error (its message inside), None for anything else (a bug)."""
-    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        return LabError(f"No (complete) AWS credentials were found to access {uri} ({exc}).", CREDENTIALS_FIX)
-    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
-        env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        fix = (
-            f"AWS_ENDPOINT_URL_S3 is set to {env!r}: is that server running? Start the local one with "
-            "`python -m lab_utils.backstage.local_s3`; to use real AWS, unset AWS_ENDPOINT_URL_S3."
-            if env
-            else "Check your network connection, then run this again. To use a local or S3-compatible server "
-            "instead, set AWS_ENDPOINT_URL_S3 to its URL (`python -m lab_utils.backstage.local_s3` runs one)."
-        )
-        return LabError(f"Could not reach (or lost) the S3 endpoint {s3.meta.endpoint_url} for {uri}: {exc}", fix)
-    if isinstance(exc, OSError):
-        return disk_error(exc, where, "then run this again")
-    code, bucket = _code(exc), parse_s3_uri(uri)[0]
-    if code in DENIED:
-        return LabError(f"Access to {uri} was denied by {s3.meta.endpoint_url}: {exc}", CREDENTIALS_FIX)
-    if code in ("PreconditionFailed", "412"):  # s3transfer asks for the parts of one version (If-Match)
-        return LabError(f"{uri} was replaced on the server while it was being downloaded.", "Run this again.")
-    if code == "NoSuchBucket" or (code in NOT_FOUND and _missing(s3, bucket)):
-        return _no_bucket(s3, bucket, uri)
-    return (
-        NotFoundOnS3(f"{uri} was not found at {s3.meta.endpoint_url}: {exc}", PREFIX_FIX) if code in NOT_FOUND else None
-    )
+        if _code(exc) in NOT_FOUND:
+            fix = "Check the bucket in `LAB_S3_URI` for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE lead to it."
+            return LabError(f"The bucket of {uri} does not exist at {s3.meta.endpoint_url}.", fix)
+    return None  # there, or it may not be looked at
 
 
 @contextmanager
 def _errors(s3, uri: str, where: object = ""):
-    """Raise what goes wrong in the block as a LabError from the botocore/OS error (boto3's wrappers taken off)."""
+    """Raise a botocore or OS error of the block (out of boto3's wrappers) as the LabError that says what to do."""
     try:
         yield
     except (bx.BotoCoreError, bx.ClientError, Boto3Error, OSError) as exc:
-        cause = exc
-        while cause is not None and not isinstance(cause, (bx.BotoCoreError, bx.ClientError, OSError)):
-            cause = getattr(cause, "last_exception", None) or cause.__cause__ or cause.__context__
-        error = _translate(cause or exc, s3, uri, where or uri)
-        if error is None:
+        cause = (getattr(exc, "last_exception", None) or exc.__context__ or exc) if isinstance(exc, Boto3Error) else exc
+        code, endpoint, error = _code(cause), s3.meta.endpoint_url, None
+        if isinstance(cause, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            error = LabError(f"No (complete) AWS credentials were found to access {uri} ({cause}).", CREDENTIALS_FIX)
+        elif isinstance(cause, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
+            fix = "Check your network connection and run this again, or set AWS_ENDPOINT_URL_S3 to a local server's URL"
+            if env := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+                fix = f"AWS_ENDPOINT_URL_S3 is set to {env!r}: is that server running? (unset it to use AWS)"
+            fix += "; `python -m lab_utils.backstage.local_s3` runs the lab's local S3 server."
+            error = LabError(f"Could not reach (or lost) the S3 endpoint {endpoint} for {uri}: {cause}", fix)
+        elif isinstance(cause, OSError):
+            error = disk_error(cause, where or uri, "then run this again")
+        elif code in DENIED:
+            error = LabError(f"Access to {uri} was denied by {endpoint}: {cause}", CREDENTIALS_FIX)
+        elif code in ("PreconditionFailed", "412"):  # s3transfer asks for the parts of one version (If-Match)
+            error = LabError(f"{uri} was replaced on the server while it was being downloaded.", "Run this again.")
+        elif code in NOT_FOUND:
+            error = _no_bucket(s3, uri) or NotFoundOnS3(f"{uri} was not found at {endpoint}: {cause}", PREFIX_FIX)
+        if error is None:  # not one a learner can fix: a bug
             raise
-        raise error from cause or exc
+        raise error from cause
 
 
 def _matches(path: Path, head: dict) -> bool:
     """Whether the file holds the object's bytes: its size, then the lab's sha256 or the ETag when it is an MD5."""
     if not path.is_file() or path.stat().st_size != head["ContentLength"]:
         return False
-    if "sha256" in head.get("Metadata", {}):
-        return digest(path) == head["Metadata"]["sha256"]
-    etag, encryption = head.get("ETag", "").strip('"'), head.get("ServerSideEncryption", "")
-    # a multipart upload's ETag ("...-N") or an SSE-KMS/SSE-C one is no MD5 of the bytes: the size is all we have
-    if not re.fullmatch(r"[0-9a-f]{32}", etag) or "kms" in encryption or head.get("SSECustomerAlgorithm"):
+    sha, etag = head.get("Metadata", {}).get("sha256"), head.get("ETag", "").strip('"')
+    # a multipart upload's ETag ("...-N") or an SSE-KMS one is no MD5 of the bytes: the size is all we have (SSE-C
+    # objects, whose ETag is no MD5 either, cannot be read without their key, which the lab never has)
+    if not sha and ("kms" in head.get("ServerSideEncryption", "") or not re.fullmatch(r"[0-9a-f]{32}", etag)):
         return True
-    md5 = hashlib.md5(usedforsecurity=False)
+    h = hashlib.new("sha256" if sha else "md5", usedforsecurity=False)
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            md5.update(block)
-    return md5.hexdigest() == etag
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest() == (sha or etag)
 
 
 def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
@@ -156,61 +129,46 @@ def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
             keys = [o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
             if not keys:
                 raise NotFoundOnS3(f"Nothing found under {uri} at {s3.meta.endpoint_url}.", PREFIX_FIX)
-        todo = []
-        for k in keys:
-            relative = PurePosixPath(k[len(key) :])
-            if relative.is_absolute() or ".." in relative.parts:  # a key must not write outside `local`
-                raise LabError(f"Refusing to download s3://{bucket}/{k} outside {local}.", "Rename that key.")
-            dest, head = local / relative if folder else result, s3.head_object(Bucket=bucket, Key=k)
-            if not _matches(dest, head):  # a verified local copy is not downloaded again
-                todo.append((k, dest, head))
+        if bad := [k for k in keys if ".." in PurePosixPath(k[len(key) :]).parts or k[len(key) :].startswith("/")]:
+            raise LabError(f"Refusing to download s3://{bucket}/{bad[0]} outside {local}.", "Rename that key.")
+        jobs = [(k, result / k[len(key) :], s3.head_object(Bucket=bucket, Key=k)) for k in keys]
+        todo = [(k, dest, head) for k, dest, head in jobs if not _matches(dest, head)]  # verified copies are kept
     if len(todo) < len(keys):
         print(f"{uri}: {len(keys) - len(todo)} of {len(keys)} file(s) skipped (already up to date) in {result}")
-    needed = sum(head["ContentLength"] for _, _, head in todo)
     probe = next(p for p in (local, *local.parents) if p.exists())  # the destination folder may not exist yet
-    if needed > (free := shutil.disk_usage(probe).free):
-        raise LabError(
-            f"Not enough disk space for {uri}: it needs {format_size(needed)}, {probe} has {format_size(free)} free.",
-            "Free some space (e.g. delete old checkpoints under data/) or choose another local folder.",
-        )
+    if (needed := sum(head["ContentLength"] for *_, head in todo)) > (free := shutil.disk_usage(probe).free):
+        fix = "Free some space (e.g. delete old checkpoints under data/) or choose another local folder."
+        raise LabError(f"Not enough disk space in {probe}: {format_size(needed)} needed, {format_size(free)} free", fix)
     with tqdm(total=needed, unit="B", unit_scale=True, desc=f"pull {uri}", disable=not todo) as bar:
         for k, dest, head in todo:
             with _errors(s3, f"s3://{bucket}/{k}", dest), write_file(dest, mark=False) as tmp:
                 s3.download_file(bucket, k, str(tmp), Config=TRANSFER, Callback=bar.update)
                 if not _matches(tmp, head):
-                    raise LabError(
-                        f"Download of s3://{bucket}/{k} is corrupted: {tmp.stat().st_size} of {head['ContentLength']} "
-                        "bytes, or bytes that do not match its checksum (sha256 metadata or MD5 ETag).",
-                        "Run this again; if it keeps failing, publish it again.",
-                    )
+                    fix = "Run this again; if it keeps failing, publish it again."
+                    raise LabError(f"Download of s3://{bucket}/{k} is corrupted: its size or checksum differ.", fix)
     return result
 
 
-def _ensure_bucket(s3, bucket: str, uri: str) -> None:
+def _ensure_bucket(s3, uri: str) -> None:
     """The bucket exists (or may not be looked at, but written): on a local server it is created if missing."""
     with _errors(s3, uri):
-        if not _missing(s3, bucket):
-            return
-        if not is_local(s3):  # on AWS: never (it costs money, and needs a globally unique name)
-            raise _no_bucket(s3, bucket, uri)
-        region = s3.meta.region_name
-        where = {} if region in (None, "us-east-1") else {"LocationConstraint": region}
-        s3.create_bucket(Bucket=bucket, **({"CreateBucketConfiguration": where} if where else {}))
+        if missing := _no_bucket(s3, uri):
+            if not is_local(s3):  # on AWS: never (it costs money, and needs a globally unique name)
+                raise missing
+            where = {"CreateBucketConfiguration": {"LocationConstraint": s3.meta.region_name}}
+            s3.create_bucket(Bucket=parse_s3_uri(uri)[0], **(where if s3.meta.region_name != "us-east-1" else {}))
 
 
 def push(local: str | os.PathLike, uri: str) -> list[str]:
     """Upload a file, or a folder recursively under the prefix (hidden files left out); returns the keys uploaded."""
     bucket, key = parse_s3_uri(uri)
-    local, s3 = Path(local), client()
-    if not local.exists():
-        raise LabError(f"{local} does not exist, so it cannot be uploaded to {uri}.", "Check the path.")
+    local, s3, folder = Path(local), client(), key == "" or key.endswith("/")
+    plan = [(local, key + local.name if folder else key)]
     if local.is_dir():
-        prefix = key if key == "" or key.endswith("/") else key + "/"
         files = [f.relative_to(local) for f in sorted(local.rglob("*")) if f.is_file()]
-        plan = [(local / f, prefix + f.as_posix()) for f in files if not any(p.startswith(".") for p in f.parts)]
-    else:
-        plan = [(local, key + local.name if key == "" or key.endswith("/") else key)]
-    _ensure_bucket(s3, bucket, uri)
+        base = key if folder else key + "/"
+        plan = [(local / f, base + f.as_posix()) for f in files if not any(p.startswith(".") for p in f.parts)]
+    _ensure_bucket(s3, uri)
 
     def stored(f: Path, k: str, sha: str) -> bool:  # whether the object holds the file (its size and sha256)
         try:
@@ -221,25 +179,19 @@ def push(local: str | os.PathLike, uri: str) -> list[str]:
             raise
         return head["ContentLength"] == f.stat().st_size and head.get("Metadata", {}).get("sha256") == sha
 
-    todo = []
-    for f, k in plan:
-        with _errors(s3, f"s3://{bucket}/{k}", f):
-            if not stored(f, k, sha := digest(f)):
-                todo.append((f, k, sha))
+    with _errors(s3, uri, local):
+        todo = [(f, k, sha) for f, k in plan if not stored(f, k, sha := digest(f))]
     if len(todo) < len(plan):
         print(f"{uri}: {len(plan) - len(todo)} of {len(plan)} file(s) skipped (already uploaded)")
-    total = sum(f.stat().st_size for f, _, _ in todo)
+    total = sum(f.stat().st_size for f, *_ in todo)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {uri}", disable=not todo) as bar:
         for f, k, sha in todo:
             with _errors(s3, f"s3://{bucket}/{k}", f):
-                extra = {"Metadata": {"sha256": sha}}
+                extra = {"Metadata": {"sha256": sha}}  # what `stored` and a later pull check
                 s3.upload_file(str(f), bucket, k, ExtraArgs=extra, Config=TRANSFER, Callback=bar.update)
                 if not stored(f, k, sha):  # what the server stored, not what we think we sent
-                    raise LabError(
-                        f"Upload of {f} to s3://{bucket}/{k} could not be verified: the server's size or sha256 differ",
-                        "Run this again; if it keeps failing, check the S3 endpoint and that nothing else writes to "
-                        "that key or to the local file meanwhile.",
-                    )
+                    fix = "Run this again; if it keeps failing, check that nothing else writes to the file or the key."
+                    raise LabError(f"Upload of {f} to s3://{bucket}/{k} could not be verified (size or sha256).", fix)
     return [k for _, k, _ in todo]
 
 
@@ -252,4 +204,4 @@ def upload_folder(settings, folder: Path, names) -> None:
 
 def check_publish_target(settings) -> None:
     """Before any training: `LAB_S3_URI`'s bucket answers (or, on a local server, can be made) and may be written."""
-    _ensure_bucket(client(), parse_s3_uri(settings.s3_uri)[0], settings.s3_uri)
+    _ensure_bucket(client(), settings.s3_uri)

@@ -8,47 +8,30 @@ import uuid
 import pytest
 from conftest import SETTINGS, TINY, trained_adapter
 
-from lab_utils.checkpoints import (
-    FULL_CHECKPOINT,
-    PEFT_CHECKPOINT,
-    TOPIC_CHECKPOINT,
-    find_topic_results_file,
-    format_size,
-    pull_adapter,
-    pull_full_checkpoint,
-    size_on_disk,
-)
+from lab_utils import checkpoints
+from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT, pull_adapter
 from lab_utils.config import parse_s3_uri
 from lab_utils.errors import LabError
 from lab_utils.s3 import NotFoundOnS3, push
 
 
-@pytest.mark.parametrize(
-    "uri, expected",
-    [
-        ("s3://bucket/some/prefix/", ("bucket", "some/prefix/")),
-        ("s3://my-bucket/model.bin", ("my-bucket", "model.bin")),
-        ("s3://bucket", ("bucket", "")),
-    ],
-)
-def test_parse_s3_uri_good(uri, expected):
-    assert parse_s3_uri(uri) == expected
-
-
-@pytest.mark.parametrize("uri", ["bucket/key", "https://bucket/key", "s3://", "s3:///key", "s3://Bad_Bucket/k", ""])
-def test_parse_s3_uri_bad(uri):
-    with pytest.raises(LabError, match="s3://"):
-        parse_s3_uri(uri)
+def test_parse_s3_uri():
+    assert parse_s3_uri("s3://bucket/some/prefix/") == ("bucket", "some/prefix/")
+    assert parse_s3_uri("s3://my-bucket/model.bin") == ("my-bucket", "model.bin")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    for uri in ["bucket/key", "https://bucket/key", "s3://", "s3:///key", "s3://Bad_Bucket/k", ""]:
+        with pytest.raises(LabError, match="s3://"):
+            parse_s3_uri(uri)
 
 
 def test_sizes(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.bin").write_bytes(b"x" * 3000)
     (tmp_path / "sub" / "b.bin").write_bytes(b"x" * 500)
-    assert size_on_disk(tmp_path) == 3500 and size_on_disk(tmp_path / "a.bin") == 3000
-    assert format_size(945_000_000) == "945.0 MB" and format_size(3500) == "3.5 kB"
-    with pytest.raises(LabError, match="does not exist"):
-        size_on_disk(tmp_path / "nope")
+    assert checkpoints.size_on_disk(tmp_path) == 3500 and checkpoints.size_on_disk(tmp_path / "a.bin") == 3000
+    assert checkpoints.format_size(945_000_000) == "945.0 MB" and checkpoints.format_size(3500) == "3.5 kB"
+    with pytest.raises(LabError, match="does not exist"):  # both imported from checkpoints, as the notebook does
+        checkpoints.size_on_disk(tmp_path / "nope")
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ def test_a_published_adapter_is_checked_against_the_original_model(settings, sta
 def test_a_missing_adapter_or_results_file_is_none_when_allowed(settings, standin_dir, capsys):
     push(standin_dir / "config.json", settings.s3("unrelated.json"))  # the bucket exists, these do not
     assert pull_adapter(settings, TOPIC_CHECKPOINT, missing_ok=True) is None
-    assert find_topic_results_file(settings, missing_ok=True) is None
+    assert checkpoints.find_topic_results_file(settings, missing_ok=True) is None
     assert "not published" in capsys.readouterr().out
     with pytest.raises(NotFoundOnS3):
         pull_adapter(settings)
@@ -98,5 +81,5 @@ def test_a_damaged_full_checkpoint_is_refused(settings, standin_dir, tmp_path):
     (damaged / "model.safetensors").write_bytes((standin_dir / "model.safetensors").read_bytes()[:1000])  # truncated
     push(damaged, settings.s3(FULL_CHECKPOINT + "/"))
     with pytest.raises(LabError) as error:
-        pull_full_checkpoint(settings)
+        checkpoints.pull_full_checkpoint(settings)
     assert "publish it again" in error.value.fix

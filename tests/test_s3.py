@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import socket
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,14 +47,8 @@ def temporaries(root: Path) -> list[Path]:
 
 def put(bucket: str, key: str, body: bytes, **extra) -> None:
     """An object put directly with boto3 (not with the lab's push)."""
-    client = boto3.client("s3")
-    if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-        client.create_bucket(Bucket=bucket)
-    client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
-
-
-def stats(root: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    boto3.client("s3").create_bucket(Bucket=bucket)  # in us-east-1, creating it again is fine
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, **extra)
 
 
 def test_round_trips_and_second_transfers_skip(tmp_path, bucket, capsys):
@@ -68,14 +61,13 @@ def test_round_trips_and_second_transfers_skip(tmp_path, bucket, capsys):
 
     back = pull(uri, tmp_path / "back")
     assert back == tmp_path / "back" and files(back) == files(ckpt)
-    before = stats(back)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in back.rglob("*")}
     assert pull(uri, back) == back and "skipped" in capsys.readouterr().out
-    assert stats(back) == before  # nothing was written again
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in back.rglob("*")} == before  # nothing written again
 
     # one file: to a file name, and into an existing folder under the object's name
     assert pull(uri + "config.json", tmp_path / "c.json").read_bytes() == (ckpt / "config.json").read_bytes()
-    (tmp_path / "dir").mkdir()
-    assert pull(uri + "sub/tokenizer.json", tmp_path / "dir") == tmp_path / "dir" / "tokenizer.json"
+    assert pull(uri + "sub/tokenizer.json", tmp_path) == tmp_path / "tokenizer.json"
 
     # a local copy with the right size but other bytes is not "up to date"
     (back / "sub" / "tokenizer.json").write_bytes(os.urandom(500))
@@ -102,21 +94,17 @@ def test_the_bucket_is_never_created_off_the_local_server(tmp_path, bucket, monk
     assert bucket not in [b["Name"] for b in boto3.client("s3").list_buckets().get("Buckets", [])]
 
 
-def test_an_object_without_the_lab_s_sha256_is_checked_by_md5(tmp_path, bucket):
+def test_without_the_lab_s_sha256_the_md5_etag_checks_and_a_wrong_sha256_is_refused(tmp_path, bucket):
     data = os.urandom(3000)
     put(bucket, "public/m.bin", data)  # as in the course's bucket: no metadata, a plain MD5 ETag
-    dest = pull(f"s3://{bucket}/public/m.bin", tmp_path / "m.bin")
-    assert dest.read_bytes() == data
+    assert (dest := pull(f"s3://{bucket}/public/m.bin", tmp_path / "m.bin")).read_bytes() == data
     dest.write_bytes(os.urandom(3000))  # same size, other bytes: the MD5 tells
     assert pull(f"s3://{bucket}/public/m.bin", dest).read_bytes() == data
 
-
-def test_bytes_that_do_not_match_their_sha256_are_refused(tmp_path, bucket):
     put(bucket, "m.bin", b"the bytes", Metadata={"sha256": hashlib.sha256(b"other bytes").hexdigest()})
-    dest = tmp_path / "out" / "m.bin"
     with pytest.raises(LabError, match="corrupted"):
-        pull(f"s3://{bucket}/m.bin", dest)
-    assert not dest.exists() and not temporaries(tmp_path)
+        pull(f"s3://{bucket}/m.bin", tmp_path / "out" / "m.bin")
+    assert not (tmp_path / "out" / "m.bin").exists() and not temporaries(tmp_path)
 
 
 LOST = ResponseStreamingError(error="connection reset by peer")
@@ -160,46 +148,37 @@ def test_missing_key_prefix_and_bucket(tmp_path, bucket):
     assert not (tmp_path / "x").exists()
 
 
-def test_an_unreachable_endpoint_keeps_the_botocore_error(tmp_path, local_s3, monkeypatch):
-    with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+@pytest.fixture(params=["pull", "push"])
+def transfer(request, tmp_path, local_s3):
+    """A pull or a push, on the server that the environment names when it is called."""
+    if request.param == "pull":
+        return lambda: pull("s3://some-bucket/m.bin", tmp_path / "m.bin")
+    return lambda: push(tmp_path / "up.bin", "s3://some-bucket/up.bin")  # the bucket is looked at first
+
+
+def test_an_unreachable_endpoint_keeps_the_botocore_error(transfer, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")  # port 1 of 127.0.0.1: nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with pytest.raises(LabError) as error:
-        pull("s3://some-bucket/model.bin", tmp_path / "m.bin")
-    assert isinstance(error.value.__cause__, EndpointConnectionError)
-    assert endpoint in str(error.value) and "AWS_ENDPOINT_URL_S3" in error.value.fix
-    (tmp_path / "up.bin").write_bytes(b"x")
     with pytest.raises(LabError, match="reach") as error:
-        push(tmp_path / "up.bin", "s3://some-bucket/up.bin")
-    assert isinstance(error.value.__cause__, EndpointConnectionError)
+        transfer()
+    assert isinstance(error.value.__cause__, EndpointConnectionError) and "127.0.0.1:1" in error.value.what
+    assert "AWS_ENDPOINT_URL_S3" in error.value.fix and "lab_utils.backstage.local_s3" in error.value.fix
 
 
-def test_no_credentials_or_access_denied_say_what_to_try(tmp_path, local_s3, monkeypatch):
-    with monkeypatch.context() as m:
-        m.delenv("AWS_ACCESS_KEY_ID")
-        m.delenv("AWS_SECRET_ACCESS_KEY")
-        with pytest.raises(LabError, match="credentials") as error:
-            pull("s3://some-bucket/model.bin", tmp_path / "m.bin")
-        assert isinstance(error.value.__cause__, NoCredentialsError)
-        assert "LAB_S3_ANONYMOUS=true" in error.value.fix and "AWS_PROFILE" in error.value.fix
-    client = s3.client()
-
-    def denied(**kwargs):
-        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "HeadObject")
-
-    monkeypatch.setattr(client, "head_object", denied)
-    monkeypatch.setattr(s3, "client", lambda anonymous=False: client)
-    with pytest.raises(LabError, match="denied") as error:
-        pull("s3://some-bucket/model.bin", tmp_path / "m.bin")
-    assert "SageMaker" in error.value.fix and isinstance(error.value.__cause__, ClientError)
+def test_no_credentials_keep_the_botocore_error_and_say_what_to_try(transfer, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(LabError, match="credentials") as error:
+        transfer()
+    assert isinstance(error.value.__cause__, NoCredentialsError)
+    assert "LAB_S3_ANONYMOUS=true" in error.value.fix and "AWS_PROFILE" in error.value.fix
 
 
 def test_anonymous_reads_only_public_objects(tmp_path, bucket):
     put(bucket, "p.bin", b"public")
-    with pytest.raises(LabError, match="denied"):
+    with pytest.raises(LabError, match="denied") as error:  # moto's 403
         pull(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True)
+    assert "SageMaker" in error.value.fix and isinstance(error.value.__cause__, ClientError)
     boto3.client("s3").put_object_acl(Bucket=bucket, Key="p.bin", ACL="public-read")
     assert pull(f"s3://{bucket}/p.bin", tmp_path / "q.bin", anonymous=True).read_bytes() == b"public"
 

@@ -1,5 +1,6 @@
-"""A local S3-compatible server (moto, in a thread) on 127.0.0.1, so the S3 steps of the lab run without AWS: the lab
-only sees AWS_ENDPOINT_URL_S3 and placeholder credentials. `python -m lab_utils.backstage.local_s3` runs one."""
+"""A local S3-compatible server (moto, in a thread) on 127.0.0.1, so the S3 steps of the lab run without AWS."""
+
+# The lab only sees AWS_ENDPOINT_URL_S3 and placeholder credentials. `python -m lab_utils.backstage.local_s3` runs one.
 
 from __future__ import annotations
 
@@ -29,23 +30,8 @@ class LocalS3:
 
     def env(self) -> dict[str, str]:
         """What a standard boto3 client needs to use this server (moto accepts any credentials: placeholders)."""
-        return {"AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"} | {
-            name: "testing" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        }
-
-
-def start_local_s3() -> LocalS3:
-    """Start a local S3 server and point this process's boto3 configuration at it."""
-    server = LocalS3().start()
-    for name, value in server.env().items():  # the endpoint is ours; credentials and region only fill gaps
-        if name == "AWS_ENDPOINT_URL_S3" or not os.environ.get(name):
-            os.environ[name] = value
-    if any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")):
-        for var in ("NO_PROXY", "no_proxy"):  # a proxy must not see the requests to 127.0.0.1
-            hosts = [h for h in os.environ.get(var, "").split(",") if h]
-            os.environ[var] = ",".join(hosts + [h for h in (HOST, "localhost") if h not in hosts])
-    print(f"Local S3 server listening on {server.endpoint_url} (AWS_ENDPOINT_URL_S3 is set)")
-    return server
+        env = {"AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+        return env | dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "testing")
 
 
 _LOCAL_S3 = None  # the offline profile's local S3 server, one per process
@@ -55,7 +41,12 @@ def local_s3_for(settings) -> LocalS3 | None:
     """Offline profile: this process's local S3 server (started on first use), unless AWS_ENDPOINT_URL_S3 names one."""
     global _LOCAL_S3
     if settings.offline and _LOCAL_S3 is None and not os.environ.get("AWS_ENDPOINT_URL_S3"):
-        _LOCAL_S3 = start_local_s3()
+        _LOCAL_S3 = server = LocalS3().start()
+        # boto3 is pointed at it: the endpoint is ours; credentials and region only fill gaps
+        os.environ |= {k: v for k, v in server.env().items() if k == "AWS_ENDPOINT_URL_S3" or not os.environ.get(k)}
+        for var in ("NO_PROXY", "no_proxy"):  # a proxy (HTTP_PROXY, ...) must not see the requests to 127.0.0.1
+            os.environ[var] = ",".join(filter(None, [os.environ.get(var), HOST, "localhost"]))
+        print(f"Local S3 server listening on {server.endpoint_url} (AWS_ENDPOINT_URL_S3 is set)")
     return _LOCAL_S3 if settings.offline else None
 
 
