@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .backstage.summarize_cli import summarize_command
-from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, settings_table, show_banner
+from .config import PROJECT_ROOT, RELEASE_DIR, load_settings, show_banner
 from .engines import ENGINES
 from .errors import LabError, disk_error
 from .files import check_output, write_file
@@ -91,8 +91,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lab_utils", description=__doc__)
     p.add_argument("--profile", choices=["course", "offline"], help="overrides LAB_PROFILE")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("settings", help="print the settings").add_argument("--markdown", action="store_true",
-                                                                        help="the table of every setting")  # fmt: skip
+    sub.add_parser("settings", help="print every setting: its value here and what it means")
     run = sub.add_parser("run", help="execute the notebook top to bottom (papermill), keeping the executed copy")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a variable of the notebook's parameters cell, e.g. -p FULL_STEPS 5")  # fmt: skip
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             output = check_output(args.output, "the executed notebook (--output)", inputs=[NOTEBOOK])
             return run_notebook(dict(args.parameter), output)
         if args.command == "settings":
-            print(settings_table()) if args.markdown else settings.show()
+            settings.show(everything=True)
         elif args.command == "build-model":
             from .backstage.standin import build_standin
 

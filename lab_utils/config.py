@@ -135,10 +135,11 @@ class Settings:
         for f in dataclasses.fields(self):
             if f.name in defaults and (everything or f.metadata.get("learner")):
                 value = getattr(self, f.name)
-                mark = f"  <- changed (LAB_{f.name.upper()} or a parameter)" if value != defaults[f.name] else ""
-                print(f"  {f.name:<24} {value!r}{mark}")
+                mark = "  <- changed (LAB_" + f.name.upper() + " or a parameter)" if value != defaults[f.name] else ""
+                meaning = f"\n{'':<29}{f.metadata['meaning']}" if everything else ""
+                print(f"  {f.name:<24} {value!r}{mark}{meaning}")
         if not everything:
-            print("  (every setting: settings.show(everything=True), or `python -m lab_utils settings`)")
+            print("  (every setting, and what it means: settings.show(everything=True))")
 
 
 # The offline profile: only what differs from the course's values.
@@ -298,22 +299,6 @@ def load_settings(profile: str | None = None, environ: dict[str, str] | None = N
     }
     values.update({k: _typed(k, v, defaults) for k, v in overrides.items()})
     return check_settings(Settings(profile=name, profile_reason=reason, **values))
-
-
-def settings_table() -> str:
-    """The table of every setting in docs/settings.md, generated from `Settings` and `OFFLINE`."""
-    course, offline = profile_defaults("course"), profile_defaults("offline")
-    meanings = {f.name: f.metadata.get("meaning", "") for f in dataclasses.fields(Settings)}
-
-    def show(value: object) -> str:
-        return "(empty)" if value == "" else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-
-    lines = ["| variable | course | offline | meaning |", "| --- | --- | --- | --- |"]
-    lines.append(f"| `LAB_PROFILE` | | | {meanings['profile']} |")
-    for name in course:
-        same = "same" if offline[name] == course[name] else show(offline[name])
-        lines.append(f"| `LAB_{name.upper()}` | {show(course[name])} | {same} | {meanings[name]} |")
-    return "\n".join(lines)
 
 
 def show_banner(settings: Settings) -> None:

@@ -36,41 +36,30 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
     except (OSError, ValueError) as exc:
         raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
+    # a dialogue is the input, a summary the target (or the reference): neither may be empty
+    empty = (
+        {c: frame.index[frame[c].str.strip() == ""].tolist() for c in ("dialogue", "summary")} if not missing else {}
+    )
+    fix = f"point `{setting}` at a complete copy of DialogSum (columns {', '.join(COLUMNS)}), or fix those rows"
     if missing:
-        raise LabError(
-            f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})",
-            f"point `{setting}` at DialogSum CSVs with columns {', '.join(COLUMNS)}",
-        )
+        raise LabError(f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})", fix)
     if frame.empty:
-        raise LabError(
-            f"{path} has a header but no rows",
-            f"point `{setting}` at a complete copy of DialogSum (its CSVs have rows)",
-        )
-    for column in ("dialogue", "summary"):  # a dialogue is the input, a summary the target (or the reference)
-        empty = frame.index[frame[column].str.strip() == ""].tolist()
-        if empty:
-            rows = ", ".join(str(i + 2) for i in empty[:5])  # +2: header line, 1-based lines
-            raise LabError(
-                f"{path} has {len(empty)} empty {column}(s) (CSV line {rows}{', ...' if len(empty) > 5 else ''})",
-                f"fix or remove those rows, or point `{setting}` at a complete copy of DialogSum",
-            )
+        raise LabError(f"{path} has a header but no rows", fix)
+    for column, rows in empty.items():
+        if rows:  # +2: the header line, and lines counted from 1
+            lines = ", ".join(str(i + 2) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise LabError(f"{path} has {len(rows)} empty {column}(s) (CSV line {lines})", fix)
     return Dataset.from_pandas(frame[list(COLUMNS)], preserve_index=False)
 
 
 def load_dialogsum_csv(data_dir: str | Path, setting: str = "LAB_DATA_DIR") -> DatasetDict:
     """Load DialogSum from a folder with train.csv, validation.csv and test.csv."""
     folder = Path(data_dir)
-    if not folder.is_dir():
-        raise LabError(
-            f"`{setting}`={str(data_dir)!r} is not a folder",
-            f"point `{setting}` at a folder with {', '.join(s + '.csv' for s in SPLITS)} (DialogSum's Hub CSV layout)",
-        )
-    missing = [s for s in SPLITS if not (folder / f"{s}.csv").is_file()]
+    missing = [s + ".csv" for s in SPLITS if not (folder / f"{s}.csv").is_file()]
     if missing:
-        raise LabError(
-            f"`{setting}`={str(data_dir)!r} has no {', '.join(s + '.csv' for s in missing)}",
-            f"point `{setting}` at a folder with train/validation/test CSVs",
-        )
+        what = "is not a folder" if not folder.is_dir() else f"has no {', '.join(missing)}"
+        fix = f"point `{setting}` at a folder with train.csv, validation.csv and test.csv (DialogSum's Hub layout)"
+        raise LabError(f"`{setting}`={str(data_dir)!r} {what}", fix)
     return DatasetDict({s: read_split_csv(folder / f"{s}.csv", setting) for s in SPLITS})
 
 

@@ -33,16 +33,9 @@ def disk_error(exc: BaseException, where: object, also: str = "") -> LabError | 
 
 def install_notebook_handler() -> None:
     """In IPython, show a `LabError` as its message alone instead of a deep traceback."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is in requirements
-        return
-    ip = get_ipython()
-    if ip is None:
-        return
+    from IPython import get_ipython
 
-    def _show(shell, etype, value, tb, tb_offset=None):
-        print(f"LabError: {value}")
-        return None
-
-    ip.set_custom_exc((LabError,), _show)
+    if get_ipython() is not None:
+        get_ipython().set_custom_exc(
+            (LabError,), lambda shell, etype, value, tb, tb_offset=None: print(f"LabError: {value}")
+        )

@@ -152,14 +152,6 @@ def story_checks(frame, train_summaries, rouge=None) -> dict[str, tuple[bool, st
     return checks
 
 
-ROUGE_VIEWS_EXPLAINED = (
-    "**Course-comparable** scores every test row (each dialogue appears 3 times, once per human reference) with "
-    "stemming and no sentence splitting, as the course did, so rougeLsum is just rougeL; **sentence-split** puts a "
-    "newline between sentences (as the Hugging Face summarization example does), which lets rougeLsum match "
-    "sentences in any order and changes nothing else. **Multi-reference** scores each dialogue once, against its "
-    "best-matching reference per metric, so it is higher than the course's average over references: the three views "
-    "measure the same summaries, so compare models within one view, never numbers across views."
-)
 # a sentence ends at . ! or ? (and closing quotes) before a capital, #Person1# or a digit; "Mr. Smith" does not end one
 _SENTENCE_END = re.compile(r"(?<!\b[MD]r)(?<!\bMrs)(?<!\bMs)([.!?]+[\"')\]]*)\s+(?=[\"'(\[]?[A-Z#0-9])")
 
