@@ -1,12 +1,11 @@
-"""The course profile at Flan-T5's size: the learners' notebook, or the instructor's training (not part of CI).
+"""The course profile at Flan-T5's size: the learners' notebook, or the instructor's training (not part of CI)."""
 
-    .venv/bin/python tests/at_size.py notebook [--work DIR] [--max-new-tokens 50]     # ~6 minutes, ~10 GB
-    .venv/bin/python tests/at_size.py instructor [--work DIR] [--steps 4] [--every 2]  # ~15 min on 2 cores, ~14 GB
-
-On flan-t5-base's architecture (random weights: denormals flushed, generation capped) and the course's artifacts made
-from it, built once in `--work`; DialogSum from the offline profile's folder; no Hub. notebook: per-cell time and peak
-memory. instructor: s/step, peak memory, checkpoints' disk; SIGKILL after the first checkpoint, then resume from it.
-"""
+#   .venv/bin/python tests/at_size.py notebook [--work DIR] [--max-new-tokens 50]     # ~6 minutes, ~10 GB
+#   .venv/bin/python tests/at_size.py instructor [--work DIR] [--steps 5] [--every 2]  # ~15 min on 2 cores, ~14 GB
+# On flan-t5-base's architecture (random weights: denormals flushed, generation capped) and the course's artifacts
+# made from it, built once in `--work`; DialogSum from the offline profile's folder; no Hub. notebook: per-cell time
+# and peak memory. instructor: s/step, peak memory, checkpoints' disk; SIGKILL after the first checkpoint, then a
+# resume from it.
 
 import argparse
 import contextlib
@@ -165,7 +164,7 @@ def instructor(args, world: dict[str, Path], env: dict[str, str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, options in (("notebook", {"--max-new-tokens": 50}), ("instructor", {"--steps": 4, "--every": 2})):
+    for name, options in (("notebook", {"--max-new-tokens": 50}), ("instructor", {"--steps": 5, "--every": 2})):
         cmd = sub.add_parser(name)
         for option, default in {"--work": ROOT / "data" / "at-size", **options}.items():
             cmd.add_argument(option, type=type(default), default=default, help=f"default: {default}")

@@ -1,10 +1,9 @@
-"""A simulated course world: the course's artifacts in the course's formats, on an S3 server named like the course's.
+"""A simulated course world: the course's artifacts in the course's formats, on an S3 server named like the course's."""
 
-The course's full checkpoint is a `pytorch_model.bin` saved by transformers 4.27, its adapter an `adapter_model.bin`
-with the fields peft 0.3 wrote, and its results file a CSV with a leading unnamed index column and no `id`. This
-module writes such files from the offline release's tiny models, so that the course profile's cells run here, with
-no Hub and no AWS.
-"""
+# The course's full checkpoint is a `pytorch_model.bin` saved by transformers 4.27, its adapter an `adapter_model.bin`
+# with the fields peft 0.3 wrote, and its results file a CSV with a leading unnamed index column and no `id`. This
+# module writes such files from the offline release's tiny models, so that the course profile's cells run here, with
+# no Hub and no AWS.
 
 from __future__ import annotations
 

@@ -74,6 +74,8 @@ BAD = [
     ("LAB_EVAL_DIALOGUES", "0", "at least 1"),
     ("LAB_NO_REPEAT_NGRAM_SIZE", "-1", "at least 0"),
     ("LAB_SEED", "-3", "from 0 to 4,294,967,295"),
+    ("LAB_SEED", str(2**32), "from 0 to 4,294,967,295"),
+    ("LAB_MAX_SOURCE_LENGTH", "100000", "from 1 to 4096"),
     ("LAB_SEED", "abc", "is not a whole number"),
     ("LAB_TRAIN_BATCH_SIZE", "2.5", "is not a whole number"),
     ("LAB_FULL_LR", "inf", "finite number above 0"),

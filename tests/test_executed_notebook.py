@@ -1,9 +1,8 @@
 """The executed notebook (the artifact `python -m lab_utils run` leaves in data/executed/) shows what the lab
-promises: no errors, the taught calls in their cells, the plots, the tables, and input-dependent summaries.
+promises: no errors, the taught calls in their cells, the plots, the tables, and input-dependent summaries."""
 
-It needs that artifact: tests/run_all.sh makes it first and sets REQUIRE_EXECUTED_NOTEBOOK=1 (a missing file then
-fails); elsewhere, plain `pytest` skips these tests with the reason.
-"""
+# It needs that artifact: tests/run_all.sh makes it first and sets REQUIRE_EXECUTED_NOTEBOOK=1 (a missing file then
+# fails); elsewhere, plain `pytest` skips these tests with the reason.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The offline profile tells the course's story truthfully: the committed release's models summarize their input.
+"""The offline profile tells the course's story truthfully: the committed release's models summarize their input."""
 
-Reads the release (`lab_utils/backstage/release/`, what `python -m lab_utils release` made from the instructor's
-run) and DialogSum's training summaries (for the constant bar) from `LAB_DATA_DIR`; without DialogSum it skips.
-"""
+# Reads the release (`lab_utils/backstage/release/`, what `python -m lab_utils release` made from the instructor's
+# run) and DialogSum's training summaries (for the constant bar) from `LAB_DATA_DIR`; without DialogSum it skips.
 
 from __future__ import annotations
 

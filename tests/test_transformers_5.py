@@ -1,20 +1,17 @@
-"""Why the lab stays on transformers 4.57.6: the checks that fail on 5.x, run against 5.x in a throwaway overlay.
+"""Why the lab stays on transformers 4.57.6: the checks that fail on 5.x, run against 5.x in a throwaway overlay."""
 
-The lab's figures need a T5 v1.1 whose `lm_head` is its own matrix (Flan-T5's checkpoints hold `shared.weight` and a
-different `lm_head.weight`): 247,577,856 parameters for flan-t5-base, built from its config by the benchmark and the
-at-size tests, and checkpoints that load without a warning. transformers 5.x forces `tie_word_embeddings = True` in
-`T5Config` (whatever the config says), so on 5.23.0 (measured):
-
-- a flan-t5-base built from its config is tied: 222,903,552 parameters; and setting the flag back to False after
-  the config is made unties all three embeddings (encoder, decoder, lm_head: 296,926,464), not the lm_head alone;
-- every load of an untied T5 checkpoint (Flan-T5's own, and every checkpoint the lab writes) logs "both are present
-  in the checkpoints with different values, so we will NOT tie them", also for a checkpoint 5.x itself saved: no way
-  of writing the lab's checkpoints makes 5.x read them without it.
-
-The test installs transformers 5.x (with the huggingface_hub and tokenizers it needs) into a folder of its own, puts
-it in front of this environment's packages in a child process, and runs the checks there. It passes while 5.x still
-fails them, and fails, saying so, once a version given in `LAB_TRANSFORMERS_5` passes them: then move (issue 22).
-"""
+# The lab's figures need a T5 v1.1 whose `lm_head` is its own matrix (Flan-T5's checkpoints hold `shared.weight` and a
+# different `lm_head.weight`): 247,577,856 parameters for flan-t5-base, built from its config by the benchmark and the
+# at-size tests, and checkpoints that load without a warning. transformers 5.x forces `tie_word_embeddings = True` in
+# `T5Config` (whatever the config says), so on 5.23.0 (measured): - a flan-t5-base built from its config is tied:
+# 222,903,552 parameters; and setting the flag back to False after the config is made unties all three embeddings
+# (encoder, decoder, lm_head: 296,926,464), not the lm_head alone; - every load of an untied T5 checkpoint (Flan-T5's
+# own, and every checkpoint the lab writes) logs "both are present in the checkpoints with different values, so we
+# will NOT tie them", also for a checkpoint 5.x itself saved: no way of writing the lab's checkpoints makes 5.x read
+# them without it. The test installs transformers 5.x (with the huggingface_hub and tokenizers it needs) into a
+# folder of its own, puts it in front of this environment's packages in a child process, and runs the checks there. It
+# passes while 5.x still fails them, and fails, saying so, once a version given in `LAB_TRANSFORMERS_5` passes them:
+# then move (issue 22).
 
 from __future__ import annotations
 
