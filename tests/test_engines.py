@@ -43,11 +43,9 @@ def test_dialogues(data_dir):
 
 
 def test_ctranslate2_fp32_summarizes_exactly_as_pytorch(release_model, test_dialogues):
-    """The same greedy summaries, word for word: fp32 on both sides, the same prompts, batches and settings.
-
-    Measured on the 64 first DialogSum test dialogues with this model: 64 of 64 identical in fp32; int8 (CTranslate2's
-    or PyTorch's) changed 14 of 64, both times the ROUGE change is in `bench --only h`.
-    """
+    """The same greedy summaries, word for word: fp32 on both sides, the same prompts, batches and settings."""
+    #     Measured on the 64 first DialogSum test dialogues with this model: 64 of 64 identical in fp32; int8
+    # (CTranslate2's     or PyTorch's) changed 14 of 64, both times the ROUGE change is in `bench --only h`.
     model, tokenizer = release_model
     settings = load_settings("offline", environ={})
     want = summarize(model, tokenizer, test_dialogues, settings, progress=False)

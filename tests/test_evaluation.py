@@ -8,8 +8,10 @@ import warnings
 import pandas as pd
 import pytest
 from conftest import SETTINGS
+from notebook import run_cells
 from rouge_score import rouge_scorer
 
+from lab_utils.config import RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
 from lab_utils.generation import summarize
 from lab_utils.results_file import RESULTS_COLUMNS, read_results_file, write_results_file
@@ -63,6 +65,17 @@ def test_rouge_is_rouge_score_per_row_averaged():
     assert compute_rouge(["the cat sat down"], ["the cat sat up"])["rouge1"] == pytest.approx(0.75)
     with pytest.raises(LabError):
         compute_rouge(preds, refs[:2])
+
+
+def test_the_rouge_cell_falls_back_to_the_lab_s_metric_without_the_hub(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine that cannot reach the Hub
+    settings = load_settings("course", environ={"LAB_MODEL_ID": str(RELEASE_DIR / "flan-t5-tiny")})
+    assert settings.rouge_metric == "rouge"
+    ns = run_cells(["rouge-load"], {"settings": settings})
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["evaluate.load('rouge') failed (FileNotFoundError): using the lab's local copy"]
+    scores = ns["rouge"].compute(predictions=["the cat sat down"], references=["the cat sat up"], use_stemmer=True)
+    assert scores["rouge1"] == pytest.approx(0.75)
 
 
 def test_tables_and_improvements_take_per_row_scores():
