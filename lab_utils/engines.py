@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import tempfile
 import time
 import warnings
@@ -81,8 +82,18 @@ def merged(model):
     return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None):
-    """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified."""
+def _convert(model, tokenizer, folder: Path, quantization: str) -> Path:
+    """Save `model` (merged) with its tokenizer in `folder`/model and convert it to `folder`/converted."""
+    merged(model).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return convert_to_ctranslate2(folder / "model", folder / "converted", quantization)
+
+
+def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache: Path | None = None):
+    """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified. A CTranslate2
+    conversion is kept in `cache` (written by `files.write_folder`) and reused while it is as the lab wrote it."""
+    from .files import owned, write_folder
+
     if engine not in ENGINES:
         raise LabError(f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")
     if engine == "pytorch":
@@ -90,11 +101,16 @@ def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None):
     if tokenizer is None:
         raise LabError(f"the {engine} engine needs the model's tokenizer", "pass tokenizer=...")
     quantization = CT2_QUANTIZATION[engine]
-    with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
-        merged(model).save_pretrained(Path(tmp) / "model")
-        tokenizer.save_pretrained(Path(tmp) / "model")
-        converted = convert_to_ctranslate2(Path(tmp) / "model", Path(tmp) / "converted", quantization)
-        return load_ctranslate2(converted, tokenizer, quantization)  # the Translator has read the files
+    if cache is None:  # a temporary folder, which the Translator has read before it goes
+        with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
+            return load_ctranslate2(_convert(model, tokenizer, Path(tmp), quantization), tokenizer, quantization)
+    if cache.is_dir() and owned(cache.resolve()):
+        print(f"CTranslate2: {cache} (converted earlier, unchanged since)", file=sys.stderr)
+    else:
+        print(f"CTranslate2: converting to {cache} ...", file=sys.stderr)
+        with write_folder(cache) as tmp:
+            _convert(model, tokenizer, tmp, quantization)
+    return load_ctranslate2(cache / "converted", tokenizer, quantization)
 
 
 def compare_engines(reference_dir, translator, tokenizer, dialogues, settings) -> dict:

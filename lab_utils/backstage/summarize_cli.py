@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import LabError
-from ..files import check_output, digest, owned, write_file, write_folder
+from ..files import check_output, digest, write_file
 
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
@@ -128,40 +128,26 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
     return model, tokenizer
 
 
-def ctranslate2_for_serving(settings: Settings, engine: str, adapter: str | None, folder: str | None):
-    """(CTranslate2 model, tokenizer), converted once and kept under `LAB_WORK_DIR/ctranslate2/`."""
-    # named by the digest of its sources (the model, the adapter, the engine): a changed source converts again, and so
-    # does a cache that is no longer as the lab wrote it (`files.owned`: a truncated model.bin)
-    from ..engines import CT2_QUANTIZATION, convert_to_ctranslate2, load_ctranslate2, merged
-
-    quantization = CT2_QUANTIZATION[engine]
-    model, tokenizer = load_for_serving(settings, adapter, folder)
+def conversion_cache(settings: Settings, engine: str, adapter: str | None, folder: str | None) -> Path:
+    """Where the CTranslate2 conversion of this model is kept: under `LAB_WORK_DIR/ctranslate2/`, named by the digest
+    of its sources (the model, the adapter, the engine), so that a changed source converts again."""
     sources = [p for p in (folder, adapter, None if folder else settings.model_path_or_id) if p and Path(p).is_dir()]
     key = hashlib.sha256(" ".join([engine, *map(digest, sources), settings.model_path_or_id]).encode()).hexdigest()
-    cache = settings.work_path / "ctranslate2" / f"{Path(str(folder or adapter or 'original')).name}-{key[:16]}"
-    if cache.is_dir() and owned(cache.resolve()):
-        print(f"CTranslate2: {cache} (converted earlier, unchanged since)", file=sys.stderr)
-    else:
-        print(f"CTranslate2: converting to {cache} ...", file=sys.stderr)
-        with write_folder(cache) as tmp:
-            merged(model).save_pretrained(tmp / "model")
-            tokenizer.save_pretrained(tmp / "model")
-            convert_to_ctranslate2(tmp / "model", tmp / "converted", quantization)
-    return load_ctranslate2(cache / "converted", tokenizer, quantization), tokenizer
+    return settings.work_path / "ctranslate2" / f"{Path(str(folder or adapter or 'original')).name}-{key[:16]}"
 
 
 def summarize_command(settings: Settings, args) -> None:
     """`python -m lab_utils summarize`: read dialogues, summarize them in batches, print or write a CSV."""
-    from ..engines import CT2_QUANTIZATION
+    from ..engines import CT2_QUANTIZATION, prepare_for_inference
     from ..generation import summarize
 
     # the output first: a bad path costs nothing, and the input is never overwritten
     output = args.output and check_output(args.output, "the output (--output)", inputs=[args.input])
     dialogues = read_dialogues(args.input, args.column, args.encoding)
+    model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
     if args.engine in CT2_QUANTIZATION:
-        model, tokenizer = ctranslate2_for_serving(settings, args.engine, args.adapter, args.merged)
-    else:
-        model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
+        cache = conversion_cache(settings, args.engine, args.adapter, args.merged)
+        model = prepare_for_inference(model, args.engine, tokenizer, cache)
     summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
     if not output:
         print("\n".join(summaries))
