@@ -58,7 +58,7 @@ def _registry() -> dict[str, str]:
 def record(path: Path) -> None:
     """Remember that the lab wrote `path` as it is now."""
     entries = {**_registry(), str(path): digest(path)}
-    with _replacing(registry_path()) as tmp:
+    with write_file(registry_path(), mark=False) as tmp:
         tmp.write_text(json.dumps(entries, indent=0, sort_keys=True), encoding="utf-8")
 
 
@@ -93,11 +93,8 @@ def check_output(
             raise LabError(f"{what} {out} is a {'folder' if out.is_dir() else 'file'}", fix)
         empty = folder and not any(out.iterdir())
         if not empty and not owned(out) and out != (allowed and allowed.resolve()):
-            raise LabError(
-                f"{what} {out} already exists and this lab did not write it (or it was changed since); nothing was "
-                "changed",
-                f"{fix}, or remove it yourself if you do not need it",
-            )
+            what = f"{what} {out} already exists and this lab did not write it (or it was changed since)"
+            raise LabError(what + "; nothing was changed", f"{fix}, or remove it yourself if you do not need it")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
@@ -107,31 +104,20 @@ def check_output(
 
 
 @contextlib.contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temporary path beside `target` (a unique name), moved over `target` when the block ends without error."""
+def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
+    """`with write_file(target) as tmp:` write `tmp`, which becomes `target` (recorded as the lab's with `mark`)."""
+    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial" + target.suffix)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # on the disk before it takes the final name
         os.replace(tmp, target)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_file(target) as tmp:` write `tmp`, which becomes `target` (recorded as the lab's with `mark`)."""
-    target = Path(path)
-    with _replacing(target) as tmp:
-        yield tmp
+        tmp.unlink(missing_ok=True)
     if mark:
         record(target.resolve())
 
