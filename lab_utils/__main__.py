@@ -78,8 +78,8 @@ def number(kind, least: float, what: str):
     def parse(text: str):
         try:
             value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from exc
         if not math.isfinite(value) or value < least:
             raise argparse.ArgumentTypeError(f"{text}: give a finite {what} of at least {least}")
         return value

@@ -238,22 +238,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 KINDS = {bool: "true/false", int: "whole number", float: "number", str: "string"}
+BOOLS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off", ""), False)
 
 
 def _parsed(name: str, raw: str, default: object) -> object:
     """An environment variable's text as the setting's type."""
-    kind = type(default)
+    kind, env = type(default), f"LAB_{name.upper()}"
     try:
-        if kind is bool:
-            words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-                     "off": False, "": False}  # fmt: skip
-            return words[raw.strip().lower()]
-        return kind(raw)
+        return BOOLS[raw.strip().lower()] if kind is bool else kind(raw)
     except (KeyError, ValueError) as exc:
-        env = f"LAB_{name.upper()}"
-        raise LabError(
-            f"`{env}`={raw!r} is not a {KINDS[kind]}", f"set `{env}` to a {KINDS[kind]}, e.g. {default!r}"
-        ) from exc
+        fix = f"set `{env}` to a {KINDS[kind]}, e.g. {default!r}"
+        raise LabError(f"`{env}`={raw!r} is not a {KINDS[kind]}", fix) from exc
 
 
 def _typed(name: str, value: object, defaults: dict) -> object:
@@ -261,13 +256,9 @@ def _typed(name: str, value: object, defaults: dict) -> object:
     if name not in defaults:
         raise LabError(f"unknown setting {name!r}", "use one of: " + ", ".join(sorted(defaults)))
     kind = type(defaults[name])
-    if kind is float and type(value) is int:
-        return float(value)
-    if type(value) is not kind:
-        raise LabError(
-            f"setting {name}={value!r} is not a {KINDS[kind]}", f"pass a {KINDS[kind]}, e.g. {defaults[name]!r}"
-        )
-    return value
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        raise LabError(f"setting {name}={value!r} is not a {KINDS[kind]}", f"pass one, e.g. {defaults[name]!r}")
+    return kind(value)
 
 
 def choose_profile(requested: str | None = None) -> tuple[str, str]:
