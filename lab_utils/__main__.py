@@ -54,6 +54,17 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
             values[name] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             values[name] = raw  # a bare word such as offline
+    # checked as the notebook's settings cell will check them, before the kernel starts
+    settings = {
+        "FULL_STEPS": "notebook_full_steps",
+        "LORA_STEPS": "notebook_lora_steps",
+        "EVAL_DIALOGUES": "eval_dialogues",
+    }
+    rank, profile = values.get("LORA_RANK", 32), values.get("PROFILE")
+    if type(rank) is not int or rank < 1 or not isinstance(profile, str | None):
+        raise LabError(f"-p LORA_RANK {rank!r} / -p PROFILE {profile!r}: a rank is a whole number of at least 1, a "
+                       "profile course or offline", "e.g. -p LORA_RANK 32 -p PROFILE offline")  # fmt: skip
+    load_settings(profile, **{settings[k]: v for k, v in values.items() if k in settings and v is not None})
     print(f"Executing {NOTEBOOK.name} -> {output}" + (f" with {values}" if values else ""))
     failure = None
     with write_file(output) as tmp:

@@ -197,29 +197,45 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
+    """Why `value` is not acceptable for the setting `name`, and a valid example (None when it is fine)."""
+    example = profile_defaults(settings.profile)[name]
+    check = CHECKS.get(Settings.__dataclass_fields__[name].metadata.get("check", ""))
+    if check and check(value):
+        return check(value), example
+    if name == "model_id" and looks_like_hub_id(value):
+        if settings.offline:
+            return (
+                "is a Hugging Face Hub id, and the offline profile cannot reach the Hub (give a local folder)",
+                example,
+            )
+    elif name == "model_id" and not settings.path(value).is_dir():
+        return "is neither a folder nor a Hugging Face Hub id", example
+    if name == "work_dir" and settings.path(value).exists() and not settings.path(value).is_dir():
+        return "is a file, not a folder", example
+    eval_steps = settings.eval_steps
+    if name == "save_steps" and eval_steps >= 1 and value % eval_steps:  # eval_steps < 1 is its own problem
+        return f"must be a multiple of `LAB_EVAL_STEPS`={eval_steps} (the best checkpoint is a saved one)", (
+            eval_steps * max(1, round(value / eval_steps))
+        )
+    if name == "precision" and value not in ("auto", "fp32"):
+        from .devices import resolve_precision  # torch, only when a precision is asked for
+
+        resolve_precision(value)  # refused here when this machine cannot run it
+    return None, example
+
+
 def check_settings(settings: Settings) -> Settings:
     """Raise one `LabError` naming the first setting whose value is out of its range or form."""
     for f in dataclasses.fields(settings):
+        if f.name in ("profile", "profile_reason"):
+            continue
         value = getattr(settings, f.name)
-        check = CHECKS.get(f.metadata.get("check", ""))
-        problem = check(value) if check else None
-        if not problem and f.name == "model_id" and settings.offline and looks_like_hub_id(value):
-            problem = "is a Hugging Face Hub id, and the offline profile cannot reach the Hub (give a local folder)"
-        if not problem and f.name == "save_steps" and value % settings.eval_steps:
-            problem = (
-                f"must be a multiple of `LAB_EVAL_STEPS`={settings.eval_steps} (the best checkpoint is a saved one)"
-            )
-        if not problem and f.name == "precision" and value not in ("auto", "fp32"):
-            from .devices import resolve_precision  # torch, only when a precision is asked for
-
-            resolve_precision(value)  # refused here when this machine cannot run it
+        problem, example = _problem(settings, f.name, value)
         if problem:
             env = "LAB_" + f.name.upper()
-            raise LabError(
-                f"`{env}`={value!r} {problem}",
-                f"set `{env}` (or the matching notebook parameter) to a valid value, e.g. "
-                f"{profile_defaults(settings.profile)[f.name]!r}",
-            )
+            fix = f"set `{env}` (or the matching notebook parameter) to a valid value, e.g. {example!r}"
+            raise LabError(f"`{env}`={value!r} {problem}", fix)
     return settings
 
 

@@ -90,6 +90,9 @@ BAD = [
     ("LAB_MODEL_ID", "google/flan-t5-base", "offline profile cannot reach the Hub"),
     ("LAB_MODEL_ID", " ", "must not be empty"),
     ("LAB_WORK_DIR", "", "must not be empty"),
+    ("LAB_WORK_DIR", "README.md", "is a file"),
+    ("LAB_EVAL_STEPS", "0", "at least 1"),
+    ("LAB_MODEL_ID", "/no/such/model", "neither a folder nor a Hugging Face Hub id"),
 ]
 
 

@@ -56,6 +56,7 @@ def test_the_stage_identity_records_the_precision(monkeypatch, data_dir):
     assert identities(SETTINGS, "fingerprint", dataset, "bf16")["full"] != ids["full"]  # another precision: retrained
 
 
-def test_save_steps_must_be_a_multiple_of_eval_steps():
-    with pytest.raises(LabError, match="`LAB_SAVE_STEPS`=75 must be a multiple of `LAB_EVAL_STEPS`=50"):
-        load_settings("course", environ={"LAB_SAVE_STEPS": "75"})
+def test_save_steps_must_be_a_multiple_of_eval_steps_and_the_advice_is_one():
+    with pytest.raises(LabError, match="`LAB_SAVE_STEPS`=100 must be a multiple of `LAB_EVAL_STEPS`=30") as error:
+        load_settings("course", environ={"LAB_SAVE_STEPS": "100", "LAB_EVAL_STEPS": "30"})
+    assert error.value.fix.endswith("e.g. 90")

@@ -56,11 +56,22 @@ def test_run_refuses_an_unknown_parameter_before_any_cell_runs(tmp_path, capsys,
     assert not (tmp_path / "x.ipynb").exists()  # nothing executed
 
 
+@pytest.mark.parametrize(
+    "parameter", [("PROFILE", "1"), ("LORA_RANK", "0"), ("FULL_STEPS", "-1"), ("FULL_STEPS", "2.5")]
+)
+def test_run_checks_the_parameters_before_the_kernel_starts(parameter, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_PROFILE", "offline")
+    refused(main(["run", "-p", *parameter, "--output", str(tmp_path / "x.ipynb")]), capsys, parameter[1])
+    assert not (tmp_path / "x.ipynb").exists()
+
+
 @pytest.mark.slow
 def test_run_shows_the_failing_cell_and_its_lab_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAB_PROFILE", "offline")
-    err = refused(main(["run", "-p", "FULL_STEPS", "-1", "--output", str(tmp_path / "x.ipynb")]), capsys)
-    assert "cell 'settings'" in err and "`LAB_NOTEBOOK_FULL_STEPS`=-1 must be a whole number of at least 1" in err
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "no-dialogsum"))
+    err = refused(main(["run", "--output", str(tmp_path / "x.ipynb")]), capsys)
+    assert "cell 'dataset'" in err and "no-dialogsum' is not a folder" in err
+    assert (tmp_path / "x.ipynb").is_file()  # the executed copy, up to the failing cell
 
 
 def test_bench_checks_its_report_path_before_measuring(tmp_path, capsys, monkeypatch):
