@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ast
+import collections
 import copy
 import dataclasses
 import hashlib
@@ -28,7 +29,6 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from datasets import DatasetDict
@@ -39,7 +39,7 @@ from .. import data, generation
 from ..checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
-from ..engines import ENGINES, prepare_for_inference
+from ..engines import prepare_for_inference
 from ..errors import LabError
 from ..files import write_file, write_folder, write_json
 from ..models import check_adapter_dir, check_model_dir, fingerprint
@@ -52,13 +52,10 @@ NOTEBOOK = PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"
 CELLS = {"full": (("full-training-args",), "trainer"), "lora": (("lora-config", "lora-training-args"), "peft_trainer")}
 
 
-class Stage(NamedTuple):
-    name: str  # its step count is the setting `instructor_<name>_steps`
-    folder: str  # its output in the run folder (published as is)
-    recipe: str  # "full" or "lora": its cells read the settings `<recipe>_lr` and `notebook_<recipe>_steps`
-    prompt: object = data.build_prompt  # the topic adapter is trained on the `topic` column with `build_topic_prompt`
-
-
+# a stage's `name` gives its step count (the setting `instructor_<name>_steps`); `folder` is its output in the run
+# folder (published as is); the `recipe` "full" or "lora" names its cells, which read the settings `<recipe>_lr` and
+# `notebook_<recipe>_steps`; the topic adapter is trained on the `topic` column with its own `prompt`
+Stage = collections.namedtuple("Stage", "name folder recipe prompt", defaults=(data.build_prompt,))
 STAGES = (Stage("full", FULL_CHECKPOINT, "full"), Stage("lora", PEFT_CHECKPOINT, "lora"),
           Stage("topic", TOPIC_CHECKPOINT, "lora", data.build_topic_prompt))  # fmt: skip
 PUBLISHED = (*(stage.folder for stage in STAGES), RESULTS_FILE, TOPIC_RESULTS_FILE)
@@ -100,10 +97,9 @@ def run_cell(cell_id: str, namespace: dict, keep: set[str] | None = None) -> dic
     """Execute a notebook cell in `namespace` without its `print` lines (with `keep`: its imports and those names)."""
 
     def wanted(node) -> bool:
-        if isinstance(node, ast.Expr) and getattr(getattr(node.value, "func", None), "id", "") == "print":
-            return False
+        printing = isinstance(node, ast.Expr) and getattr(getattr(node.value, "func", None), "id", "") == "print"
         names = {getattr(node, "name", "")} | {getattr(target, "id", "") for target in getattr(node, "targets", ())}
-        return keep is None or isinstance(node, ast.Import | ast.ImportFrom) or bool(names & keep)
+        return not printing and (keep is None or isinstance(node, ast.Import | ast.ImportFrom) or bool(names & keep))
 
     tree = ast.parse(cell_source(cell_id))
     tree.body = [node for node in tree.body if wanted(node)]
@@ -111,9 +107,9 @@ def run_cell(cell_id: str, namespace: dict, keep: set[str] | None = None) -> dic
     return namespace
 
 
-def tokenize(dataset, tokenizer, settings: Settings, prompt=None):
+def tokenize(dataset, tokenizer, settings: Settings, prompt=data.build_prompt):
     """Notebook 3.1: the cell's `tokenize_function` mapped over every split (`prompt`: instead of `build_prompt`)."""
-    namespace = {"tokenizer": tokenizer, "settings": settings, "build_prompt": prompt or data.build_prompt}
+    namespace = {"tokenizer": tokenizer, "settings": settings, "build_prompt": prompt}
     function = run_cell("tokenize", namespace, keep={"tokenize_function"})["tokenize_function"]
     return dataset.map(function, batched=True, remove_columns=dataset["train"].column_names)
 
@@ -181,41 +177,30 @@ def resume_point(folder: Path, max_steps: int) -> str | None:
     return None
 
 
-def stage_trainer(stage: Stage, settings: Settings, world: dict, folder: Path, progress: bool):
-    """The notebook's trainer for this stage, in a `Seq2SeqTrainer` that checkpoints and keeps the best checkpoint."""
-    # the cells run with the instructor's step count; their trainer's model, data and collator are kept, and the
-    # arguments add checkpoints, the validation loss and the best checkpoint loaded at the end
-    from transformers import Seq2SeqTrainer
-
-    steps = getattr(settings, f"instructor_{stage.name}_steps")
-    namespace = {**world, "settings": settings.replace(**{f"notebook_{stage.recipe}_steps": steps}),
-                 "tokenized_datasets": world["tokenized"][stage.prompt], "LORA_RANK": 32}  # fmt: skip
-    run_cell("full-training-args", namespace, keep=set())  # its imports: the LoRA cells use them too
-    cells, trainer = CELLS[stage.recipe]
-    for cell in ("collator", *cells):
-        run_cell(cell, namespace, keep={"data_collator"} if cell == "collator" else None)
-    cell = namespace[trainer]
-    args = dataclasses.replace(
-        cell.args, output_dir=str(folder), save_strategy="steps", save_steps=settings.save_steps,
-        save_total_limit=2, eval_strategy="steps", eval_steps=settings.eval_steps,
-        per_device_eval_batch_size=settings.eval_batch_size, load_best_model_at_end=True,
-        metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=max(1, min(settings.eval_steps, cell.args.max_steps // 50)), disable_tqdm=not progress,
-    )  # fmt: skip
-    return Seq2SeqTrainer(model=cell.model, args=args, train_dataset=cell.train_dataset,
-                          eval_dataset=cell.eval_dataset, data_collator=cell.data_collator,
-                          callbacks=[Progress(stage.name, progress)])  # fmt: skip
-
-
 def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identity: str, progress: bool) -> None:
     """Train one stage (resuming from its newest whole checkpoint) and save the best model to its output folder."""
     t0, folder = time.time(), out / f"{stage.folder}.trainer"
     if recorded(folder / "stage.json") != identity:
         shutil.rmtree(folder, ignore_errors=True)  # another identity's checkpoints: nothing to resume
         write_json(folder / "stage.json", {"identity": identity})
-    trainer = stage_trainer(stage, settings, world, folder, progress)
-    resume = resume_point(folder, trainer.args.max_steps)
-    if resume:
+    # the notebook's cells run with the instructor's step count; their trainer's model, data and collator are kept in
+    # a trainer whose arguments add checkpoints, the validation loss and the best checkpoint loaded at the end
+    steps = {f"notebook_{stage.recipe}_steps": getattr(settings, f"instructor_{stage.name}_steps")}
+    namespace = {**world, "settings": settings.replace(**steps), "tokenized_datasets": world["tokenized"][stage.prompt],
+                 "LORA_RANK": 32}  # fmt: skip
+    run_cell("full-training-args", namespace, keep=set())  # its imports: the LoRA cells use them too
+    for cell in ("collator", *CELLS[stage.recipe][0]):
+        run_cell(cell, namespace)
+    cell = namespace[CELLS[stage.recipe][1]]
+    args = dataclasses.replace(cell.args, output_dir=str(folder), save_strategy="steps", save_steps=settings.save_steps,
+                               save_total_limit=2, eval_strategy="steps", eval_steps=settings.eval_steps,
+                               per_device_eval_batch_size=settings.eval_batch_size, load_best_model_at_end=True,
+                               metric_for_best_model="eval_loss", greater_is_better=False, disable_tqdm=not progress,
+                               logging_steps=max(1, min(settings.eval_steps, cell.args.max_steps // 50)))  # fmt: skip
+    trainer = type(cell)(model=cell.model, args=args, train_dataset=cell.train_dataset,
+                         eval_dataset=cell.eval_dataset, data_collator=cell.data_collator,
+                         callbacks=[Progress(stage.name, progress)])  # fmt: skip
+    if resume := resume_point(folder, trainer.args.max_steps):
         print(f"Resuming the {stage.name} stage from {Path(resume).name}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     for entry in trainer.state.log_history:
@@ -225,10 +210,8 @@ def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identi
                 "nothing was saved",
                 f"lower `LAB_{stage.recipe.upper()}_LR` (the learning rate that diverged) and run it again",
             )
-    model = trainer.model.to("cpu")
-    model = model.half() if settings.offline else model  # the offline release is in git: fp16 on disk, loaded as fp32
-    with write_folder(out / stage.folder, mark=False) as tmp:
-        model.save_pretrained(tmp)
+    with write_folder(out / stage.folder, mark=False) as tmp:  # offline (the release is in git): fp16 on disk
+        trainer.model.to("cpu", torch.float16 if settings.offline else None).save_pretrained(tmp)  # loaded as fp32
         if stage.name == "full":  # a full checkpoint carries its tokenizer; an adapter is only the adapter
             world["tokenizer"].save_pretrained(tmp)
         write_json(tmp / "train_log.json", trainer.state.log_history)
@@ -244,29 +227,23 @@ def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identi
 def identities(settings: Settings, original_fingerprint: str, dataset, precision: str) -> dict[str, str]:
     """Each trained stage's identity (see the top of this module)."""
     splits = {split: dataset[split]._fingerprint for split in ("train", "validation")}
-    ids = {}
-    for stage in STAGES:
-        read = (*TRAINING_SETTINGS, f"{stage.recipe}_lr", f"instructor_{stage.name}_steps")
-        ids[stage.name] = hash_of({
-            "settings": {k: getattr(settings, k) for k in read}, "original": original_fingerprint, "data": splits,
-            "precision": precision, "prompt": stage.prompt("{dialogue}"),
-            "recipe": [cell_source(c) for c in ("tokenize", "collator", *CELLS[stage.recipe][0])],
-        })  # fmt: skip
-    return ids
+    read = {stage: (*TRAINING_SETTINGS, f"{stage.recipe}_lr", f"instructor_{stage.name}_steps") for stage in STAGES}
+    return {stage.name: hash_of({
+        "settings": {k: getattr(settings, k) for k in read[stage]}, "original": original_fingerprint, "data": splits,
+        "precision": precision, "prompt": stage.prompt("{dialogue}"),
+        "recipe": [cell_source(c) for c in ("tokenize", "collator", *CELLS[stage.recipe][0])],
+    }) for stage in STAGES}  # fmt: skip
 
 
 def run_instructor(settings: Settings, upload: bool = True, progress: bool = True, fast_inference: str = "pytorch"):
     """Train the stages not done, write the results files with `fast_inference`, publish; returns the run folder."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    if fast_inference not in ENGINES:
-        raise LabError(f"unknown engine {fast_inference!r}", f"use one of {', '.join(ENGINES)}")
     if upload:
         local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
         check_publish_target(settings)  # before hours of training, not after
     out = run_dir(settings)
-    source = settings.model_path_or_id
-    if not looks_like_hub_id(settings.model_id):  # a local folder: check it before loading
+    if not looks_like_hub_id(source := settings.model_path_or_id):  # a local folder: check it before loading
         check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
     original = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -275,9 +252,7 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
     world = {"original_model": original, "tokenizer": tokenizer, "original_fingerprint": fingerprint(original),
              "device": device, "precision": resolve_precision(settings.precision, device), "runs": out}  # fmt: skip
     ids = identities(settings, world["original_fingerprint"], dataset, world["precision"])
-    for stage in STAGES:
-        if recorded(out / stage.folder / "train_facts.json") == ids[stage.name]:
-            continue
+    for stage in (s for s in STAGES if recorded(out / s.folder / "train_facts.json") != ids[s.name]):
         if "tokenized" not in world:  # keyed by prompt: summaries, or (the `topic` column as the target) topics
             rows = range(min(settings.validation_rows, len(dataset["validation"])))
             splits = DatasetDict(train=dataset["train"], validation=dataset["validation"].select(rows))
@@ -311,39 +286,34 @@ def results_stage(settings: Settings, out: Path, world: dict, test, ids: dict, e
     for stage in STAGES[1:]:
         check_adapter_dir(out / stage.folder, original, settings.model_id, fix=fix)
 
-    def adapter(name):
+    def lora(name):  # an adapter, on a copy of the original model
         return PeftModel.from_pretrained(copy.deepcopy(original), out / name, is_trainable=False)
 
-    plan = (
-        ("original_model_summaries", world["original_fingerprint"], lambda: original, None),
-        ("instruct_model_summaries", ids["full"],
-         lambda: AutoModelForSeq2SeqLM.from_pretrained(full_dir, dtype=torch.float32), None),
-        ("peft_model_summaries", ids["lora"], lambda: adapter(PEFT_CHECKPOINT), None),
-        ("peft_model_topics", ids["topic"], lambda: adapter(TOPIC_CHECKPOINT), data.build_topic_prompt),
-    )  # fmt: skip
-    columns = {}
+    plan = (("original_model_summaries", world["original_fingerprint"], lambda: original, None),
+            ("instruct_model_summaries", ids["full"],
+             lambda: AutoModelForSeq2SeqLM.from_pretrained(full_dir, dtype=torch.float32), None),
+            ("peft_model_summaries", ids["lora"], lambda: lora(PEFT_CHECKPOINT), None),
+            ("peft_model_topics", ids["topic"], lambda: lora(TOPIC_CHECKPOINT), data.build_topic_prompt))  # fmt: skip
+    summaries = {"human_baseline_summaries": list(test["summary"])}
     for column, model_id, make, prompt in plan:
         # a column of summaries is kept in `generation/` when it is whole (no empty summary), and reused by a rerun
         # that would make this very generation
         key = hash_of({**how, "model": model_id, "prompt": prompt is not None})
         path = out / "generation" / f"{column}-{key}.json"
-        if recorded(path) == key:
-            columns[column] = json.loads(path.read_text(encoding="utf-8"))["texts"]
-            continue
-        name = column.removesuffix("_summaries")
-        print(f"Generating the test set's {name.replace('_', ' ')}", flush=True)
-        model = prepare_for_inference(make().to(device), engine, tokenizer)
-        texts = generation.summarize(model, tokenizer, list(test["dialogue"]), settings, progress=progress, desc=name,
-                                     prompt=prompt)  # fmt: skip
-        if empty := sum(not text.strip() for text in texts):
-            raise LabError(
-                f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results files "
-                "were not written (and nothing was published)",
-                "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
-            )
-        write_json(path, {"identity": key, "texts": texts})
-        columns[column] = texts
-    summaries = {"human_baseline_summaries": list(test["summary"]), **columns}
+        if recorded(path) != key:
+            name = column.removesuffix("_summaries")
+            print(f"Generating the test set's {name.replace('_', ' ')}", flush=True)
+            model = prepare_for_inference(make().to(device), engine, tokenizer)
+            texts = generation.summarize(model, tokenizer, list(test["dialogue"]), settings, progress=progress,
+                                         desc=name, prompt=prompt)  # fmt: skip
+            if empty := sum(not text.strip() for text in texts):
+                raise LabError(
+                    f"the {column.replace('_', ' ')} are empty for {empty} of {len(texts)} test rows; the results "
+                    "files were not written (and nothing was published)",
+                    "check the model (a diverged or untrained model writes nothing) and `LAB_MAX_NEW_TOKENS`",
+                )
+            write_json(path, {"identity": key, "texts": texts})
+        summaries[column] = json.loads(path.read_text(encoding="utf-8"))["texts"]
     topics = {"human_baseline_topics": list(test["topic"]), "peft_model_topics": summaries.pop("peft_model_topics")}
     for name, values in ((RESULTS_FILE, summaries), (TOPIC_RESULTS_FILE, topics)):
         with write_file(out / name, mark=False) as tmp:

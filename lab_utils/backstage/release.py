@@ -33,12 +33,10 @@ def verify_release(folder: Path = RELEASE_DIR) -> dict:
     fix = "restore the folder from git (`git checkout -- lab_utils/backstage/release`), or make it again"
     manifest = read_json(folder / MANIFEST, "offline release", fix)
     listed = manifest.get("sha256", {})
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
-    if present != set(listed):
-        raise LabError(f"the offline release {folder} differs from its manifest: {sorted(present ^ set(listed))}", fix)
-    for name, checksum in listed.items():
-        if digest(folder / name) != checksum:
-            raise LabError(f"{folder / name} does not match its checksum in {MANIFEST}", fix)
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if changed := sorted(n for n in {*present, *listed} if n not in present or digest(present[n]) != listed.get(n)):
+        raise LabError(f"the offline release {folder} does not match {MANIFEST} (missing, added or changed: {changed})",
+                       fix)  # fmt: skip
     return manifest
 
 
@@ -46,9 +44,8 @@ def name_the_release_base(folder: Path, base: str) -> None:
     """Name the release's own stand-in as its adapters' base (`adapter_config.json` and peft's model card)."""
     # instead of the folder on the machine that trained them
     for adapter in sorted(folder.glob("*/adapter_config.json")):
-        trained_on = read_json(adapter, "adapter", "").get("base_model_name_or_path")
-        for path in (adapter, adapter.with_name("README.md")):
-            if trained_on and trained_on != base and path.is_file():
+        if (trained_on := read_json(adapter, "adapter", "").get("base_model_name_or_path")) and trained_on != base:
+            for path in filter(Path.is_file, (adapter, adapter.with_name("README.md"))):
                 path.write_text(path.read_text(encoding="utf-8").replace(trained_on, base), encoding="utf-8")
 
 
@@ -64,13 +61,12 @@ def check_run(settings: Settings, run: Path) -> dict[str, dict]:
     check_model_dir(run / FULL_CHECKPOINT, finite=True, fix=fix)
     base = AutoModelForSeq2SeqLM.from_pretrained(check_model_dir(settings.model_path_or_id), dtype="float32")
     facts = {stage.folder: read_json(run / stage.folder / "train_facts.json", "stage", fix) for stage in STAGES}
-    for name, stage_facts in facts.items():
-        if stage_facts.get("original") != fingerprint(base):
-            raise LabError(
-                f"the run's {name} was trained on another original model (fingerprint {stage_facts.get('original')}) "
-                f"than `LAB_MODEL_ID`={settings.model_id} ({fingerprint(base)}); nothing was written",
-                "set `LAB_MODEL_ID` to the model the instructor trained on (e.g. data/offline/flan-t5-tiny)",
-            )
+    if other := {name: f.get("original") for name, f in facts.items() if f.get("original") != fingerprint(base)}:
+        raise LabError(
+            f"the run's {', '.join(other)} were trained on another original model (fingerprints {other}) than "
+            f"`LAB_MODEL_ID`={settings.model_id} ({fingerprint(base)}); nothing was written",
+            "set `LAB_MODEL_ID` to the model the instructor trained on (e.g. data/offline/flan-t5-tiny)",
+        )
     for stage in STAGES[1:]:
         check_adapter_dir(run / stage.folder, base, settings.model_id, fix=fix)
     read_results_file(run / TOPIC_RESULTS_FILE, TOPIC_COLUMNS)
@@ -87,8 +83,7 @@ def check_run(settings: Settings, run: Path) -> dict[str, dict]:
 def make_release(settings: Settings, made_by: str, build_seconds: float | None = None, dest: Path = RELEASE_DIR):
     """Check the finished offline run, then write it with the stand-in and a manifest to `dest`."""
     # `dest` was checked by the caller (`files.check_output`)
-    run = run_dir(settings)
-    facts = check_run(settings, run)
+    facts = check_run(settings, run := run_dir(settings))
     seconds = {name: f.get("seconds") for name, f in facts.items()}
     seconds.update({STANDIN: build_seconds} if build_seconds is not None else {})
     for name, value in seconds.items():
@@ -119,10 +114,8 @@ def start_offline_world(settings: Settings) -> None:
     # the server listens on 127.0.0.1; the notebook pulls what the project's instructor command trained (a few seconds)
     manifest = verify_release()
     if settings.path(settings.model_id) != RELEASE_DIR / STANDIN:
-        print(
-            f"Warning: `LAB_MODEL_ID` is {settings.model_id}, but the release was trained on its own stand-in "
-            f"({RELEASE_DIR / STANDIN}); the pulled checkpoints belong to that one."
-        )
+        print(f"Warning: `LAB_MODEL_ID` is {settings.model_id}, but the release was trained on its own stand-in "
+              f"({RELEASE_DIR / STANDIN}); the pulled checkpoints belong to that one.")  # fmt: skip
     local_s3_for(settings)
     print(f"Offline profile: publishing the project's trained release (made {manifest['made']}) to {settings.s3_uri}")
     upload_folder(settings, RELEASE_DIR, PUBLISHED)

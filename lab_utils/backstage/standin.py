@@ -61,13 +61,12 @@ def build_tiny_t5(vocab_size: int, seed: int = 42, **overrides):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = T5Config(**dict(TINY_CONFIG, vocab_size=vocab_size, **overrides))
-    model = T5ForConditionalGeneration(config)
+    model = T5ForConditionalGeneration(T5Config(**dict(TINY_CONFIG, vocab_size=vocab_size, **overrides)))
     # T5's default init gives the untied lm_head std 1.0: initial logits are huge and the first loss is ~2x a
     # uniform guess. The head starts as the input embedding scaled by d_model^-0.5 (still untied): logits O(1), and a
     # token's output row starts where its input row is, which helps the copy objective below.
     with torch.no_grad():
-        model.lm_head.weight.copy_(model.shared.weight * config.d_model**-0.5)
+        model.lm_head.weight.copy_(model.shared.weight * model.config.d_model**-0.5)
     return model
 
 
@@ -79,24 +78,16 @@ PRETRAIN_BATCH = 32
 MASK_FRACTION, MEAN_SPAN = 0.15, 3.0  # denoising: share of tokens masked, mean length of a masked span
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
-    """A Poisson draw (Knuth's method): the length of a masked span, as BART's text infilling draws it."""
-    limit, k, p = math.exp(-mean), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k
-
-
 def denoise(ids: list[int], sentinel_ids: list[int], eos_id: int, rng: random.Random) -> tuple[list[int], list[int]]:
     """Mask spans covering MASK_FRACTION of the tokens (one sentinel per span); the target is the clean text."""
     n = len(ids)
     masked, covered, tries = [False] * n, 0, 0
     while covered < round(n * MASK_FRACTION) and tries < 100:
-        tries += 1
-        length = max(1, _poisson(rng, MEAN_SPAN))
+        tries, length, p = tries + 1, 0, rng.random()
+        while p > math.exp(-MEAN_SPAN):  # the span's length: a Poisson draw (Knuth's), as BART's text infilling
+            length, p = length + 1, p * rng.random()
         start = rng.randrange(n)
-        for i in range(start, min(n, start + length)):
+        for i in range(start, min(n, start + max(1, length))):
             covered += not masked[i]
             masked[i] = True
     source, spans = [], 0
@@ -118,8 +109,7 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int = 42) -> 
     torch.manual_seed(seed)
     texts = list(texts)
     rng.shuffle(texts)
-    sentinels = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(100)])
-    eos = tokenizer.eos_token_id
+    sentinels, eos = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(100)]), tokenizer.eos_token_id
     stream = [t for ids in tokenizer(texts, add_special_tokens=False).input_ids for t in ids]
     if len(stream) <= max(length for _, length, _ in PRETRAIN_PHASES):
         raise LabError("no text to pretrain on", "pass the DialogSum training dialogues")
@@ -133,7 +123,9 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int = 42) -> 
     plan = [(length, objective) for share, length, objective in PRETRAIN_PHASES for _ in range(round(share * steps))]
     plan = (plan + [plan[-1]] * steps)[:steps]
     dropouts = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
-    for module in dropouts:  # no dropout while pretraining; the saved model keeps its configured rate
+    # no dropout layers while pretraining (T5's attention dropout, a functional call, stays on in train mode); the
+    # saved model keeps its configured rate
+    for module in dropouts:
         module.p = 0.0
     model.train()
     losses = []
@@ -162,12 +154,11 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int = 42) -> 
 
 def build_offline_model(out_dir: str | Path, train_texts: list[str], pretrain_steps: int, seed: int = 42) -> Path:
     """Build the offline stand-in (tokenizer + pretrained tiny T5) into `out_dir`."""
-    out = Path(out_dir)
     # random weights give denormal floats in the backward pass, which x86 computes in slow microcode (measured 1.6 vs
     # 1.2 s/step for this model): flushing them to zero changes nothing that matters to training
     torch.set_flush_denormal(True)
     t0 = time.time()
-    with write_folder(out) as tmp:  # in place only when complete, recorded as the lab's
+    with write_folder(out_dir) as tmp:  # in place only when complete, recorded as the lab's
         tokenizer = train_tokenizer(train_texts, tmp)
         print(f"Tokenizer: SentencePiece unigram, {len(tokenizer):,} tokens ({time.time() - t0:.0f} s)")
         model = build_tiny_t5(len(tokenizer), seed=seed)
@@ -177,8 +168,8 @@ def build_offline_model(out_dir: str | Path, train_texts: list[str], pretrain_st
             raise LabError("pretraining the stand-in diverged (a non-finite loss)", "lower the pretraining rate")
         print(f"Pretraining: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
         model.half().save_pretrained(tmp)  # fp16 on disk: half the size; loaded as float32
-    print(f"Saved the offline original model to {out} ({time.time() - t0:.0f} s)")
-    return out
+    print(f"Saved the offline original model to {out_dir} ({time.time() - t0:.0f} s)")
+    return Path(out_dir)
 
 
 def build_standin(settings, out: str | Path) -> Path:
@@ -193,5 +184,4 @@ def build_standin(settings, out: str | Path) -> Path:
         )
     out = check_output(out, "the stand-in's folder (--out)", folder=True)  # a folder the lab did not write: refused
     train = load_dialogsum(settings)["train"]
-    texts = list(train["dialogue"]) + list(train["summary"])
-    return build_offline_model(out, texts, settings.pretrain_steps, seed=settings.seed)
+    return build_offline_model(out, [*train["dialogue"], *train["summary"]], settings.pretrain_steps, settings.seed)
