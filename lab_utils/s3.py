@@ -29,19 +29,20 @@ TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 
 NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken"}
 # what to try when S3 says "no credentials" or "access denied" (a recurring question of learners outside SageMaker)
-CREDENTIALS_FIX = (
-    "For a public bucket (the course's), set `LAB_S3_ANONYMOUS=true`; on SageMaker, give the notebook's role read "
-    "access to it; elsewhere, set `AWS_PROFILE` (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and check the clock."
-)
+CREDENTIALS_FIX = ("For a public bucket (the course's), set `LAB_S3_ANONYMOUS=true`; on SageMaker, give the notebook's "
+                   "role read access to it; elsewhere, set `AWS_PROFILE` (or AWS_ACCESS_KEY_ID / "
+                   "AWS_SECRET_ACCESS_KEY) and check the clock.")  # fmt: skip
 PREFIX_FIX = "Check `LAB_S3_URI` for typos (a folder ends with '/'), and that the instructor command published there."
+# when the endpoint does not answer: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) may name a local server that is down
+REACH_FIX = ("Check your network connection and run this again. If AWS_ENDPOINT_URL_S3 names a local server, is it "
+             "running? (`python -m lab_utils.backstage.local_s3` runs the lab's; unset it to use AWS.)")  # fmt: skip
 
 
-class NotFoundOnS3(LabError):
-    """The object or prefix is not on the server (the bucket is)."""
+class NotFoundOnS3(LabError): ...  # the object or prefix is not on the server (the bucket is)
 
 
 def client(anonymous: bool = False):
-    """A boto3 S3 client from the standard AWS configuration, with bounded timeouts (and unsigned when anonymous)."""
+    # A boto3 S3 client from the standard AWS configuration, with bounded timeouts (and unsigned when anonymous).
     # No `retries`: botocore's default is the "standard" mode (3 attempts), and a value here would override
     # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE. A silent server is reported within ~30 s (3 attempts x 8 s).
     config = Config(connect_timeout=5, read_timeout=8, signature_version=UNSIGNED if anonymous else None)
@@ -53,7 +54,7 @@ def client(anonymous: bool = False):
 
 
 def is_local(s3) -> bool:
-    """A server on this machine (the lab's local S3), the only place where the lab creates a bucket."""
+    # A server on this machine (the lab's local S3), the only place where the lab creates a bucket.
     return urlparse(s3.meta.endpoint_url or "").hostname in {"127.0.0.1", "localhost", "::1"}
 
 
@@ -62,19 +63,18 @@ def _code(exc: BaseException) -> str:
 
 
 def _no_bucket(s3, uri: str) -> LabError | None:
-    """The LabError that says that the URI's bucket is missing; None when it is there (or may not be looked at)."""
+    # The LabError that says that the URI's bucket is missing; None when it is there (or may not be looked at).
     try:  # a HEAD answer has no error code: its 404 is the sign
         s3.head_bucket(Bucket=parse_s3_uri(uri)[0])
     except bx.ClientError as exc:
         if _code(exc) in NOT_FOUND:
             fix = "Check the bucket in `LAB_S3_URI` for typos, and that AWS_ENDPOINT_URL_S3 / AWS_PROFILE lead to it."
             return LabError(f"The bucket of {uri} does not exist at {s3.meta.endpoint_url}.", fix)
-    return None  # there, or it may not be looked at
 
 
 @contextmanager
 def _errors(s3, uri: str, where: object = ""):
-    """Raise a botocore or OS error of the block (out of boto3's wrappers) as the LabError that says what to do."""
+    # Raise a botocore or OS error of the block (out of boto3's wrappers) as the LabError that says what to do.
     try:
         yield
     except (bx.BotoCoreError, bx.ClientError, Boto3Error, OSError) as exc:
@@ -83,11 +83,7 @@ def _errors(s3, uri: str, where: object = ""):
         if isinstance(cause, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             error = LabError(f"No (complete) AWS credentials were found to access {uri} ({cause}).", CREDENTIALS_FIX)
         elif isinstance(cause, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
-            fix = "Check your network connection and run this again, or set AWS_ENDPOINT_URL_S3 to a local server's URL"
-            if env := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
-                fix = f"AWS_ENDPOINT_URL_S3 is set to {env!r}: is that server running? (unset it to use AWS)"
-            fix += "; `python -m lab_utils.backstage.local_s3` runs the lab's local S3 server."
-            error = LabError(f"Could not reach (or lost) the S3 endpoint {endpoint} for {uri}: {cause}", fix)
+            error = LabError(f"Could not reach (or lost) the S3 endpoint {endpoint} for {uri}: {cause}", REACH_FIX)
         elif isinstance(cause, OSError):
             error = disk_error(cause, where or uri, "then run this again")
         elif code in DENIED:
@@ -102,7 +98,7 @@ def _errors(s3, uri: str, where: object = ""):
 
 
 def _matches(path: Path, head: dict) -> bool:
-    """Whether the file holds the object's bytes: its size, then the lab's sha256 or the ETag when it is an MD5."""
+    # Whether the file holds the object's bytes: its size, then the lab's sha256 or the ETag when it is an MD5.
     if not path.is_file() or path.stat().st_size != head["ContentLength"]:
         return False
     sha, etag = head.get("Metadata", {}).get("sha256"), head.get("ETag", "").strip('"')
@@ -150,7 +146,7 @@ def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
 
 
 def _ensure_bucket(s3, uri: str) -> None:
-    """The bucket exists (or may not be looked at, but written): on a local server it is created if missing."""
+    # The bucket exists (or may not be looked at, but written): on a local server it is created if missing.
     with _errors(s3, uri):
         if missing := _no_bucket(s3, uri):
             if not is_local(s3):  # on AWS: never (it costs money, and needs a globally unique name)
