@@ -129,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
     summ.add_argument("--encoding", help="the input's encoding, e.g. cp1252 (default: UTF-8, or its byte-order mark)")
     summ.add_argument("--output", help="write a CSV (dialogue, summary) here instead of printing")
     summ.add_argument("--engine", choices=ENGINES, default="pytorch", help="PyTorch, or CTranslate2 (converted once)")
-    sub.add_parser("bench", help="the benchmark: where time and memory go (python -m lab_utils bench --help)")
+    sub.add_parser("bench", add_help=False, help="the benchmark: where time and memory go (bench --help)")
     return p
 
 
