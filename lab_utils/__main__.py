@@ -20,26 +20,30 @@ EXECUTED = PROJECT_ROOT / "data" / "executed" / NOTEBOOK.name
 
 
 def failed_cell(executed: Path, exc) -> tuple[str, str, str]:
-    """(cell id, error name, message) of the cell a papermill run stopped in. The notebook shows a `LabError` as its
-    message alone (`errors.install_notebook_handler`), so it is found in the cell's text, not as an error output."""
+    """(cell id, error name, message) of the cell a papermill run stopped in."""
     import nbformat
 
-    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.get("execution_count") == exc.exec_count]
-    for out in cells[0].get("outputs", []) if cells else []:
-        if out.get("output_type") == "error":
-            return cells[0].get("id", "?"), out["ename"], out["evalue"]
+    cell = next(
+        (c for c in nbformat.read(executed, as_version=4).cells if c.get("execution_count") == exc.exec_count), {}
+    )
+    for out in cell.get("outputs", []):  # a LabError shows as its message alone (errors.install_notebook_handler)
         if out.get("text", "").startswith("LabError: "):
-            return cells[0].get("id", "?"), "LabError", out["text"].removeprefix("LabError: ").rstrip()
-    return (cells[0].get("id", "?") if cells else "?"), exc.ename, exc.evalue
+            return cell.get("id", "?"), "LabError", out["text"].removeprefix("LabError: ").rstrip()
+    return cell.get("id", "?"), exc.ename, exc.evalue
+
+
+def literal(text: str):
+    """A Python literal (5, 2.5, None), or the text itself (a bare word such as offline)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def run_notebook(parameters: dict[str, str], output: Path) -> int:
-    """Execute the notebook with papermill (parameters parsed as Python literals where possible).
-
-    A parameter the notebook's parameters cell does not have is refused before anything runs; when a cell fails,
-    the terminal gets the cell's id and its error (a `LabError`'s message as it is, exit 2), not papermill's trace.
-    The executed copy is written whole under `output`, with every output up to a failing cell.
-    """
+    """Execute the notebook with papermill into `output` (whole, with every output up to a failing cell)."""
+    # parameters are Python literals where they parse, and checked before the kernel starts; a failing cell is named
+    # with its error (a LabError's message as it is: exit 2), not papermill's trace
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -48,18 +52,9 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     if unknown:
         raise LabError(f"the notebook has no parameter {', '.join(unknown)}",
                        f"use one of {', '.join(known)} (its parameters cell), e.g. -p FULL_STEPS 5")  # fmt: skip
-    values = {}
-    for name, raw in parameters.items():
-        try:
-            values[name] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            values[name] = raw  # a bare word such as offline
-    # checked as the notebook's settings cell will check them, before the kernel starts
-    settings = {
-        "FULL_STEPS": "notebook_full_steps",
-        "LORA_STEPS": "notebook_lora_steps",
-        "EVAL_DIALOGUES": "eval_dialogues",
-    }
+    values = {name: literal(raw) for name, raw in parameters.items()}
+    settings = {"FULL_STEPS": "notebook_full_steps", "LORA_STEPS": "notebook_lora_steps",
+                "EVAL_DIALOGUES": "eval_dialogues"}  # fmt: skip
     rank, profile = values.get("LORA_RANK", 32), values.get("PROFILE")
     if type(rank) is not int or rank < 1 or not isinstance(profile, str | None):
         raise LabError(f"-p LORA_RANK {rank!r} / -p PROFILE {profile!r}: a rank is a whole number of at least 1, a "

@@ -1,11 +1,10 @@
-"""One settings object for the lab: the course's values, the offline profile's differences, `LAB_*` overrides.
+"""One settings object for the lab: the course's values, the offline profile's differences, `LAB_*` overrides."""
 
-Two profiles run the same notebook: `course` (Flan-T5 and DialogSum from the Hugging Face Hub, checkpoints on S3) and
-`offline` (DialogSum CSVs from a local folder, a tiny Flan-T5-architecture stand-in the project trained, a local S3
-server on 127.0.0.1). Every setting is written once, in `Settings`: its default is the course's value, `OFFLINE`
-lists what the offline profile changes, and each field says what it means and which values it takes. Settings are
-checked when they load, so a bad value stops every command before any work, with one message naming the variable.
-"""
+# Two profiles run the same notebook: `course` (Flan-T5 and DialogSum from the Hugging Face Hub, checkpoints on S3) and
+# `offline` (DialogSum CSVs from a local folder, a tiny Flan-T5-architecture stand-in the project trained, a local S3
+# server on 127.0.0.1). Every setting is written once, in `Settings`: its default is the course's value, `OFFLINE` lists
+# what the offline profile changes, and each field says what it means and which values it takes. Settings are checked
+# when they load, so a bad value stops every command before any work, with one message naming the variable.
 
 from __future__ import annotations
 
@@ -51,8 +50,7 @@ CHECKS = {
 
 
 def _setting(default, meaning: str, check: str = "", learner: bool = False):
-    """A settings field: its course default, what it means, its form (a key of CHECKS), and whether the notebook's
-    settings cell shows it to a learner."""
+    """A settings field: its course default, its meaning, its form (a key of CHECKS), shown to learners or not."""
     return field(default=default, metadata={"meaning": meaning, "check": check, "learner": learner})
 
 
@@ -128,8 +126,7 @@ class Settings:
         return check_settings(dataclasses.replace(self, **typed))
 
     def show(self, everything: bool = False) -> None:
-        """Print the profile and why, then the settings a learner needs (`everything`: all of them), marking those
-        that differ from the profile's default."""
+        """Print the profile and why, then the settings a learner needs (`everything`: all, with their meaning)."""
         defaults = profile_defaults(self.profile)
         print(f"Profile: {self.profile}  ({self.profile_reason})")
         for f in dataclasses.fields(self):

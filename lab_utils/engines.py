@@ -90,8 +90,9 @@ def _convert(model, tokenizer, folder: Path, quantization: str) -> Path:
 
 
 def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache: Path | None = None):
-    """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified. A CTranslate2
-    conversion is kept in `cache` (written by `files.write_folder`) and reused while it is as the lab wrote it."""
+    """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified."""
+    # a CTranslate2 conversion is kept in `cache` (written by `files.write_folder`) and reused while it is as the lab
+    # wrote it
     from .files import owned, write_folder
 
     if engine not in ENGINES:

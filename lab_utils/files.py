@@ -79,8 +79,9 @@ def _lab_source(path: Path) -> Path | None:
 def check_output(
     path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (), allowed: Path | None = None
 ) -> Path:
-    """The absolute target (symlinks resolved), refused before any work when writing it would destroy what the lab
-    did not write: an input, the lab's sources (but `allowed`), a file or folder of the user's, an unwritable place."""
+    """The absolute target (symlinks resolved), refused before any work when it is not the lab's to write."""
+    # refused: an input, the lab's sources (but `allowed`), a file or folder the lab did not write (or that was changed
+    # since), an unwritable place
     out = Path(os.path.abspath(Path(path).expanduser())).resolve()
     fix = f"give a new {'folder' if folder else 'file'} name"
     if any(str(i) != "-" and Path(i).expanduser().resolve() == out for i in inputs):
@@ -124,8 +125,8 @@ def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_folder(target) as tmp:` fill the folder `tmp`, which replaces `target` (the old one is moved to a
-    unique name, then removed), recorded as the lab's with `mark`."""
+    """`with write_folder(target) as tmp:` fill `tmp`, which replaces `target` (recorded as the lab's with `mark`)."""
+    # the old folder is moved to a unique name first, and removed once the new one is in place
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))

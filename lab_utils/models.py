@@ -53,8 +53,9 @@ def read_json(path: Path, what: str, fix: str) -> dict:
 
 
 def read_weights(folder: Path, names: tuple[str, ...], what: str, fix: str, load: bool = False) -> dict:
-    """Name -> shape (or, with `load`, the tensor) of every tensor in the first of `names` in `folder`, read by the
-    libraries: safetensors refuses a file its header does not cover (a truncated download), torch a torn zip."""
+    """Name -> shape (with `load`: tensor) of every tensor in the first of `names` in `folder`."""
+    # read by the libraries: safetensors refuses a file its header does not cover (a truncated download), torch a torn
+    # zip
     path = next((folder / n for n in names if (folder / n).is_file()), None)
     if path is None:
         raise LabError(f"the {what} {folder} has no {' or '.join(names)}", fix)
@@ -101,8 +102,8 @@ def shape_model(model_path_or_id: str) -> torch.nn.Module:
 
 
 def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, fix: str | None = None) -> dict:
-    """The config of a LoRA adapter folder, checked against `base` (a model or `shape_model`) before peft loads it:
-    config and weights readable and finite, the rank the config says, the shapes of `base`'s layers."""
+    """The config of a LoRA adapter folder, checked against `base` (a model or `shape_model`) before peft loads it."""
+    # config and weights readable and finite, the rank the config says, the shapes of `base`'s layers
     folder = Path(folder)
     fix = fix or "publish the adapter folder again (`python -m lab_utils instructor`), then pull it again"
     if not folder.is_dir():

@@ -73,8 +73,8 @@ def megabatch_means(points, steps_per_window: int = MEGABATCH):
 
 
 def plot_loss_curves(logs: dict, title: str = "Training and validation loss", path=None):
-    """Training loss (solid) and validation loss (dashed) against step, one colour per run, from each trainer's
-    `log_history`: long runs (as megabatch means) on the left, short runs (every step) on their own axes."""
+    """Training (solid) and validation (dashed) loss per step from each trainer's `log_history`."""
+    # long runs, as megabatch means, on the left; short runs, every step, on axes of their own
     import matplotlib.pyplot as plt
 
     runs = {name: [(e["step"], e["loss"]) for e in log if "loss" in e] for name, log in logs.items()}

@@ -82,8 +82,7 @@ def score_results_file(frame, rouge=None, columns=RESULTS_COLUMNS[1:]) -> dict[s
 
 
 def dialogue_groups(frame) -> list[list[int]]:
-    """Row positions per dialogue, from ids like `test_<n>_<j>`; without `id` (the course's file), consecutive rows
-    in threes, as DialogSum's test split lists its three references."""
+    """Row positions per dialogue: from ids like `test_<n>_<j>`, or in threes (the course's file has no `id`)."""
     if "id" not in frame.columns:
         if len(frame) % 3:
             raise LabError(f"the results file has no `id` column and {len(frame)} rows, not a multiple of 3",
@@ -103,8 +102,9 @@ def distinct_summaries(frame, columns=RESULTS_COLUMNS[1:]) -> str:
 
 
 def constant_baseline(frame, train, rouge=None) -> dict[str, float]:
-    """Per metric, the best ROUGE one sentence earns as the summary of every test row (candidates: the 10 most
-    frequent training summaries and each model's most frequent output): a model that ignores its input is below."""
+    """Per metric, the best ROUGE one sentence earns as the summary of every test row."""
+    # the bar a model that ignores its input cannot pass; candidates: the 10 most frequent training summaries and each
+    # model's most frequent output
     candidates = [s for s, _ in Counter(train["summary"]).most_common(10)]
     candidates += [Counter(frame[c]).most_common(1)[0][0] for c in RESULTS_COLUMNS[1:]]
     refs = frame["human_baseline_summaries"].tolist()

@@ -1,7 +1,6 @@
-"""Shared fixtures: a local S3 server, a tiny DialogSum-shaped dataset, a tiny tokenizer and T5 model.
+"""Shared fixtures: a local S3 server, a tiny DialogSum-shaped dataset, a tiny tokenizer and T5 model."""
 
-Unit tests make their own small fixtures: they need neither ../shared nor a download.
-"""
+# Unit tests make their own small fixtures: they need neither ../shared nor a download.
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The course profile, proven without the Hub or AWS: the whole notebook runs with `LAB_PROFILE=course` against the
-course's artifacts in the course's formats (tests/course_world.py), served by a local S3 server under the course's
-bucket name; and the course's results file is found where the course keeps it."""
+"""The course profile, proven without the Hub or AWS."""
+
+# the whole notebook runs with `LAB_PROFILE=course` against the course's artifacts in the course's formats
+# (tests/course_world.py), served by a local S3 server under the course's bucket name; and the course's results file is
+# found where the course keeps it.
 
 from __future__ import annotations
 

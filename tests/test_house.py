@@ -1,6 +1,7 @@
-"""The package's structure, read from its imports (function-local ones included): the front (what the notebook
-imports) never imports `backstage/` (the instructor, the benchmark, the offline world), and no import runs in a
-circle. The command line (`__main__`) is the top floor and may import everything."""
+"""The package's structure, read from its imports (function-local ones included)."""
+
+# the front (what the notebook imports) never imports `backstage/` (the instructor, the benchmark, the offline world),
+# and no import runs in a circle. The command line (`__main__`) is the top floor and may import everything.
 
 from __future__ import annotations
 

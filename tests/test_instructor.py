@@ -1,6 +1,8 @@
-"""The instructor command on tiny data: it trains with the notebook's own cells, resumes from the Trainer's
-checkpoints, generates the results files, publishes, and redoes only what a change needs; release and build-model
-write only what passes their checks, into folders the lab owns."""
+"""The instructor command on tiny data."""
+
+# it trains with the notebook's own cells, resumes from the Trainer's checkpoints, generates the results files,
+# publishes, and redoes only what a change needs; release and build-model write only what passes their checks, into
+# folders the lab owns.
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Nothing the user owns is destroyed: `run`, `summarize` and `bench` check their outputs and inputs first, then act.
-Each CLI case exits 2 with one message, no traceback, and no file changed. (`release` and `build-model`:
-tests/test_instructor.py.)
-"""
+"""Nothing the user owns is destroyed."""
+
+# `run`, `summarize` and `bench` check their outputs and inputs first, then act. Each CLI case exits 2 with one message,
+# no traceback, and no file changed. (`release` and `build-model`: tests/test_instructor.py.)
 
 from __future__ import annotations
 

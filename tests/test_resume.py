@@ -1,6 +1,8 @@
-"""Training that survives a crash: the real instructor process, killed with SIGKILL after a checkpoint, resumes from
-the Trainer's checkpoint and ends with bitwise the weights of an uninterrupted run (committed stand-in, one thread,
-a full fine-tune of 24 steps with a checkpoint every 6)."""
+"""Training that survives a crash."""
+
+# the real instructor process, killed with SIGKILL after a checkpoint, resumes from the Trainer's checkpoint and ends
+# with bitwise the weights of an uninterrupted run (committed stand-in, one thread, a full fine-tune of 24 steps with a
+# checkpoint every 6).
 
 from __future__ import annotations
 

@@ -63,8 +63,9 @@ def decode(data: bytes, name: str, encoding: str | None = None) -> str:
 
 
 def read_csv_column(text: str, name: str, column: str, separator: str | None = None) -> list[str]:
-    """One column of a CSV as spreadsheets save it: the separator found in its header (',', ';', tab or '|') unless
-    given, quoted fields over several lines, the column matched without regard to case or surrounding spaces."""
+    """One column of a CSV as spreadsheets save it."""
+    # the separator found in its header (',', ';', tab or '|') unless given, quoted fields over several lines, the
+    # column matched without regard to case or surrounding spaces
     header = text.split("\n", 1)[0]
     separator = separator or max(SEPARATORS, key=header.count)
     try:
@@ -129,8 +130,8 @@ def load_for_serving(settings: Settings, adapter: str | None = None, merged: str
 
 
 def conversion_cache(settings: Settings, engine: str, adapter: str | None, folder: str | None) -> Path:
-    """Where the CTranslate2 conversion of this model is kept: under `LAB_WORK_DIR/ctranslate2/`, named by the digest
-    of its sources (the model, the adapter, the engine), so that a changed source converts again."""
+    """Where the CTranslate2 conversion of this model is kept: under `LAB_WORK_DIR/ctranslate2/`."""
+    # named by the digest of its sources (the model, the adapter, the engine), so that a changed source converts again
     sources = [p for p in (folder, adapter, None if folder else settings.model_path_or_id) if p and Path(p).is_dir()]
     key = hashlib.sha256(" ".join([engine, *map(digest, sources), settings.model_path_or_id]).encode()).hexdigest()
     return settings.work_path / "ctranslate2" / f"{Path(str(folder or adapter or 'original')).name}-{key[:16]}"
