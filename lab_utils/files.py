@@ -1,5 +1,5 @@
-"""Files the lab writes: one hash (`digest`), one safe write (`write_file`, `write_folder`), one test of what the lab
-wrote (`check_output`, `owned`)."""
+"""Files the lab writes: one hash (`digest`, `digest_of`), one safe write (`write_file`, `write_folder`), one test
+of what the lab wrote (`check_output`, `owned`)."""
 
 # A target is built under a unique temporary name in its own folder (`tempfile`), then moved into place with
 # `os.replace`: a crash leaves the old target or the new one, and no fixed side name (`X.tmp`) can clobber a user's
@@ -24,10 +24,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("lab2_fine_tune_peft.ipynb", "lab_utils", "tests", "docs", ".git", ".ci", "README.md", "requirements.txt")
 
 
-def digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, hidden files left out)."""
+def digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hash of a file's bytes, or of a folder's files (relative names and bytes, hidden files left out)."""
     path = Path(path)
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm, usedforsecurity=False)  # md5: what S3 gives as an ETag
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if file != path:
@@ -39,6 +39,11 @@ def digest(path: str | os.PathLike) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def digest_of(value: object) -> str:
+    """The sha256 of a value as JSON (an identity, a cache key)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def registry_path() -> Path:

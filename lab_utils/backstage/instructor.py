@@ -22,7 +22,6 @@ import ast
 import collections
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -41,7 +40,7 @@ from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
 from ..engines import prepare_for_inference
 from ..errors import LabError
-from ..files import write_file, write_folder, write_json
+from ..files import digest_of, write_file, write_folder, write_json
 from ..models import check_adapter_dir, check_model_dir, fingerprint
 from ..results_file import write_results_file
 from ..s3 import check_publish_target, upload_folder
@@ -72,7 +71,7 @@ def run_dir(settings: Settings) -> Path:
 
 
 def hash_of(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest_of(value)[:16]
 
 
 def recorded(path: Path) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import re
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import LabError
-from ..files import check_output, digest, write_file
+from ..files import check_output, digest, digest_of, write_file
 
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
@@ -133,7 +132,7 @@ def conversion_cache(settings: Settings, engine: str, adapter: str | None, folde
     """Where the CTranslate2 conversion of this model is kept: under `LAB_WORK_DIR/ctranslate2/`."""
     # named by the digest of its sources (the model, the adapter, the engine), so that a changed source converts again
     sources = [p for p in (folder, adapter, None if folder else settings.model_path_or_id) if p and Path(p).is_dir()]
-    key = hashlib.sha256(" ".join([engine, *map(digest, sources), settings.model_path_or_id]).encode()).hexdigest()
+    key = digest_of([engine, *map(digest, sources), settings.model_path_or_id])
     return settings.work_path / "ctranslate2" / f"{Path(str(folder or adapter or 'original')).name}-{key[:16]}"
 
 
