@@ -3,8 +3,9 @@ of what the lab wrote (`check_output`, `owned`)."""
 
 # A target is built under a unique temporary name in its own folder (`tempfile`), then moved into place with
 # `os.replace`: a crash leaves the old target or the new one, and no fixed side name (`X.tmp`) can clobber a user's
-# file. Every write records the target's digest in a registry (~/.cache/flan-t5-peft-lab/written.json, under
-# XDG_CACHE_HOME); a target is the lab's to replace while its digest is still the recorded one.
+# file. The lab marks what it writes with its digest: a folder in a file of its own (`.lab-written`), a file in a
+# registry (~/.cache/flan-t5-peft-lab/written.json, under XDG_CACHE_HOME); a target is the lab's to replace while its
+# digest is still the marked one.
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from .errors import LabError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MARK = ".lab-written"  # in a folder the lab wrote: the folder's digest (hidden files are not part of it)
 # the lab's own files: no command writes into them (the release folder only with `release --replace-committed`)
 SOURCES = ("lab2_fine_tune_peft.ipynb", "lab_utils", "tests", "docs", ".git", ".ci", "README.md", "requirements.txt")
 
@@ -61,7 +63,7 @@ def _registry() -> dict[str, str]:
 
 
 def record(path: Path) -> None:
-    """Remember that the lab wrote `path` as it is now."""
+    """Remember that the lab wrote the file `path` as it is now (a folder carries its own mark: `write_folder`)."""
     entries = {**_registry(), str(path): digest(path)}
     with write_file(registry_path(), mark=False) as tmp:
         tmp.write_text(json.dumps(entries, indent=0, sort_keys=True), encoding="utf-8")
@@ -69,7 +71,10 @@ def record(path: Path) -> None:
 
 def owned(path: Path) -> bool:
     """True when the lab wrote `path` and nobody changed it since."""
-    recorded = _registry().get(str(path))
+    try:
+        recorded = (path / MARK).read_text(encoding="utf-8") if path.is_dir() else _registry().get(str(path))
+    except OSError:  # a folder without the lab's mark
+        return False
     return recorded is not None and recorded == digest(path)
 
 
@@ -138,6 +143,8 @@ def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
     old = None
     try:
         yield tmp
+        if mark:
+            (tmp / MARK).write_text(digest(tmp), encoding="utf-8")
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
             os.replace(target, old / "x")
@@ -146,8 +153,6 @@ def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    if mark:
-        record(target.resolve())
 
 
 def write_json(path: str | os.PathLike, value: object, mark: bool = False) -> Path:

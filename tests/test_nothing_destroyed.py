@@ -160,7 +160,7 @@ def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
         ("latin.txt", "caf\xe9".encode("latin-1"), ["not utf-8 text", "--encoding"]),
         ("book.csv", b"PK\x03\x04rest-of-a-zip", ["zip archive", "CSV UTF-8"]),
         ("quote.csv", b'dialogue\n"never closed\n', ["cannot be read as CSV"]),
-        ("two.csv", b"Dialogue,DIALOGUE\nhi,ho\n", ["column 'dialogue'"]),
+        ("two.csv", b"Dialogue,DIALOGUE\nhi,ho\n", ["column 'dialogue'", "'DIALOGUE'"]),  # what it found
         ("short.csv", b"id,dialogue\n1\n", ["row 2"]),
         ("empty.csv", b"", ["is empty"]),
         ("folder", None, ["is a folder"]),
@@ -175,6 +175,24 @@ def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, 
         read_dialogues(str(tmp_path / name))
     for word in words:
         assert word.lower() in str(error.value).lower()
+
+
+def test_every_dialogue_given_is_read_or_refused(tmp_path, monkeypatch):
+    import io
+
+    from lab_utils.backstage.summarize_cli import read_dialogues
+    from lab_utils.errors import LabError
+
+    long = "#Person1#: " + "word " * 40_000  # over the csv module's default limit of 128 kB a field
+    (tmp_path / "long.csv").write_text(f'dialogue\n"{long}"\n"{TWO[1]}"\n')
+    assert read_dialogues(str(tmp_path / "long.csv")) == [long.strip(), TWO[1]]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f'dialogue\n"{TWO[0]}"\n"{TWO[1]}"\n'.encode())))
+    assert read_dialogues("-", column="dialogue") == TWO  # a CSV on standard input
+    (tmp_path / "commas.csv").write_text("dialogue\nhello, how are you\n")  # unquoted: not cut at the comma
+    (tmp_path / "utf16.txt").write_bytes("\n\n".join(TWO).encode("utf-16-le"))  # no byte-order mark
+    for name, words in (("commas.csv", "row 2"), ("utf16.txt", "--encoding")):
+        with pytest.raises(LabError, match=words):
+            read_dialogues(str(tmp_path / name))
 
 
 def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):

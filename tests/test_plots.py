@@ -40,14 +40,16 @@ def test_full_vs_lora_is_log_scale_and_states_the_ratios(tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == PNG
 
 
-def test_loss_curves_from_train_logs(tmp_path):
-    log = [{"loss": 5.0, "step": 10}, {"loss": 4.0, "step": 20}, {"train_runtime": 3.0, "step": 20}]
+def test_loss_curves_long_runs_as_means_short_runs_on_axes_of_their_own(tmp_path):
+    long = [{"step": s, "loss": 2.0 - s / 100} for s in range(1, 101)] + [{"step": 50, "eval_loss": 1.6}]
+    short = [{"loss": 5.0, "step": 1}, {"loss": 4.0, "step": 2}, {"train_runtime": 3.0, "step": 2}]
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "train_log.json").write_text(json.dumps(log))
-    assert read_train_log(tmp_path / "ckpt") == log
-    assert read_train_log(tmp_path / "missing") == []
-    fig = plot_loss_curves({"full": read_train_log(tmp_path / "ckpt"), "none": []}, path=tmp_path / "l.png")
-    assert len(fig.axes[0].lines) == 1
+    (tmp_path / "ckpt" / "train_log.json").write_text(json.dumps(long))
+    assert read_train_log(tmp_path / "ckpt") == long and read_train_log(tmp_path / "missing") == []
+    logs = {"run": read_train_log(tmp_path / "ckpt"), "notebook": short, "none": []}
+    fig = plot_loss_curves(logs, path=tmp_path / "l.png")
+    labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
+    assert labels == [["run: training (mean of each 50 steps)", "run: validation"], ["notebook: training"]]
     assert (tmp_path / "l.png").read_bytes()[:4] == PNG
 
 
@@ -70,13 +72,3 @@ def test_megabatch_means_remove_the_length_sawtooth_and_keep_the_trend():
     assert [s for s, _ in means] == [50, 100, 150, 200]
     drops = [a - b for (_, a), (_, b) in zip(means, means[1:])]
     assert all(abs(d - 0.1) < 1e-9 for d in drops)  # the trend (0.1 per 50 steps) and nothing of the sawtooth
-
-
-def test_loss_curves_show_the_validation_loss(tmp_path):
-    from lab_utils.plots import plot_loss_curves
-
-    log = [{"step": s, "loss": 2.0 - s / 100} for s in range(1, 101)] + [{"step": 50, "eval_loss": 1.6}]
-    fig = plot_loss_curves({"run": log}, path=tmp_path / "loss.png")
-    labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert labels == ["run: training (mean of each 50 steps)", "run: validation"]
-    assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -24,7 +24,9 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -167,12 +169,13 @@ def checkpoint_problem(folder: Path, max_steps: int) -> str | None:
 
 
 def resume_point(folder: Path, max_steps: int) -> str | None:
-    """The newest whole checkpoint in a trainer folder; newer damaged ones are removed."""
+    """The newest whole checkpoint in a trainer folder; newer damaged ones are set aside (a unique hidden name)."""
     while folder.is_dir() and (last := get_last_checkpoint(str(folder))) is not None:
         if (problem := checkpoint_problem(Path(last), max_steps)) is None:
             return last
-        print(f"Warning: {Path(last).name} cannot be resumed from ({problem}); removed it", flush=True)
-        shutil.rmtree(last)
+        aside = Path(tempfile.mkdtemp(dir=folder, prefix=f".{Path(last).name}.damaged.")) / "checkpoint"
+        os.replace(last, aside)
+        print(f"Warning: {Path(last).name} cannot be resumed from ({problem}); set it aside in {aside.parent.name}")
     return None
 
 

@@ -33,7 +33,8 @@ def verify_release(folder: Path = RELEASE_DIR) -> dict:
     fix = "restore the folder from git (`git checkout -- lab_utils/backstage/release`), or make it again"
     manifest = read_json(folder / MANIFEST, "offline release", fix)
     listed = manifest.get("sha256", {})
-    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")
+               if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}  # fmt: skip
     if changed := sorted(n for n in {*present, *listed} if n not in present or digest(present[n]) != listed.get(n)):
         raise LabError(f"the offline release {folder} does not match {MANIFEST} (missing, added or changed: {changed})",
                        fix)  # fmt: skip
@@ -94,12 +95,12 @@ def make_release(settings: Settings, made_by: str, build_seconds: float | None =
             )
     base = Path(dest).resolve() / STANDIN
     with write_folder(dest) as tmp:
-        shutil.copytree(settings.model_path_or_id, tmp / STANDIN)
+        shutil.copytree(settings.model_path_or_id, tmp / STANDIN, ignore=shutil.ignore_patterns(".*"))  # no marks
         for name in PUBLISHED:
             (shutil.copytree if (run / name).is_dir() else shutil.copy2)(run / name, tmp / name)
         name_the_release_base(tmp, base.relative_to(PROJECT_ROOT).as_posix() if base.is_relative_to(PROJECT_ROOT)
                               else str(base))  # fmt: skip
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith("."))
         write_json(tmp / MANIFEST, {
             "made": time.strftime("%Y-%m-%d"), "command": made_by, "training_seconds": seconds,
             "stages": {name: {k: f.get(k) for k in ("identity", "original")} for name, f in facts.items()},
