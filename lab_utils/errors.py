@@ -9,19 +9,15 @@ class LabError(RuntimeError):
     """A problem with configuration or input: the message says what is wrong and what to do."""
 
     def __init__(self, what: str, fix: str | None = None):
-        self.what = what
-        self.fix = fix
+        self.what, self.fix = what, fix
         super().__init__(what if not fix else f"{what}\n  -> {fix}")
 
 
 # a disk that refuses what the lab writes: one message naming the file and the fix, not a traceback
-DISK_ERRORS = {
-    errno.ENOSPC: "free some space on that disk (old runs under data/ can go)",
-    errno.EDQUOT: "free some space: the disk quota is used up",
-    errno.EACCES: "make that folder writable for you",
-    errno.EPERM: "make that folder writable for you",
-    errno.EROFS: "that disk is read-only",
-}
+WRITABLE = "make that folder writable for you"
+DISK_ERRORS = {errno.ENOSPC: "free some space on that disk (old runs under data/ can go)", errno.EACCES: WRITABLE,
+               errno.EDQUOT: "free some space: the disk quota is used up", errno.EROFS: "that disk is read-only",
+               errno.EPERM: WRITABLE}  # fmt: skip
 
 
 def disk_error(exc: BaseException, where: object, also: str = "") -> LabError | None:
