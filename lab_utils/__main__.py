@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         steps = {f"instructor_{s}_steps": getattr(args, f"{s}_steps", None) for s in ("full", "lora", "topic")}
         settings = load_settings(None, **{k: v for k, v in steps.items() if v})  # checked here, before any work
+        if args.command in ("build-model", "release") and not settings.offline:
+            raise LabError(f"{args.command} is for the offline profile", "run with --profile offline")
         if args.command == "run":
             output = check_output(args.output, "the executed notebook (--output)", inputs=[NOTEBOOK])
             return run_notebook(dict(args.parameter), output)
@@ -150,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build-model":
             from .backstage.standin import build_standin
 
-            if not settings.offline:
-                raise LabError("build-model is for the offline profile", "run with --profile offline")
             print(build_standin(settings, args.out))
         elif args.command == "instructor":
             from .backstage.instructor import run_instructor
@@ -162,20 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "release":
             from .backstage.release import make_release, verify_release
 
-            if not settings.offline:
-                raise LabError("release is for the offline profile", "run with --profile offline")
             committed = RELEASE_DIR if args.replace_committed else None  # replaced only when asked for
             dest = check_output(args.to or RELEASE_DIR, "the release folder", folder=True, allowed=committed)
             make_release(settings, args.made_by, args.build_seconds, dest)
             verify_release(dest)
         elif args.command == "summarize":
             summarize_command(settings, args)
-    except LabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        error = disk_error(exc, exc.filename or "the work folder", "or point `LAB_WORK_DIR` at another folder")
-        if error is None:
+    except (LabError, OSError) as exc:  # a disk that refuses a write: one message too; any other OSError is a bug
+        where, fix = getattr(exc, "filename", None) or "the work folder", "or point `LAB_WORK_DIR` at another folder"
+        if (error := exc if isinstance(exc, LabError) else disk_error(exc, where, fix)) is None:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2

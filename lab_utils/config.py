@@ -200,16 +200,21 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
     check = CHECKS.get(Settings.__dataclass_fields__[name].metadata.get("check", ""))
     if check and check(value):
         return check(value), example
+    path = settings.path(value) if name in ("model_id", "work_dir") else None
     if name == "model_id" and looks_like_hub_id(value):
         if settings.offline:
             return (
                 "is a Hugging Face Hub id, and the offline profile cannot reach the Hub (give a local folder)",
                 example,
             )
-    elif name == "model_id" and not settings.path(value).is_dir():
-        return "is neither a folder nor a Hugging Face Hub id", example
-    if name == "work_dir" and settings.path(value).exists() and not settings.path(value).is_dir():
-        return "is a file, not a folder", example
+    elif name == "model_id" and not (path / "config.json").is_file():
+        return "is neither a model folder (with a config.json) nor a Hugging Face Hub id", example
+    if name == "work_dir":
+        from .files import lab_source
+
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or lab_source(path):
+            return "is a file (or lies in one), or lies in the lab's own files", example
     eval_steps = settings.eval_steps
     if name == "save_steps" and eval_steps >= 1 and value % eval_steps:  # eval_steps < 1 is its own problem
         return f"must be a multiple of `LAB_EVAL_STEPS`={eval_steps} (the best checkpoint is a saved one)", (
@@ -237,15 +242,12 @@ def check_settings(settings: Settings) -> Settings:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hugging Face Hub answers within `timeout` seconds."""
+    """True when the Hugging Face Hub answers within `timeout` seconds (never with HF_HUB_OFFLINE=1)."""
     import requests
 
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
-        requests.head(f"{endpoint}/api/models/google/flan-t5-base", timeout=timeout)
-        return True
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return os.environ.get("HF_HUB_OFFLINE") != "1" and requests.head(endpoint, timeout=timeout) is not None
     except requests.RequestException:
         return False
 
@@ -311,13 +313,14 @@ def show_banner(settings: Settings) -> None:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 if hasattr(os, "sysconf") else float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    line = "=" * 78
-    print(line)
-    print(f"PROFILE: {settings.profile.upper()}   ({settings.profile_reason})")
+    sagemaker = (
+        os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists()
+    )
+    print("=" * 78, f"PROFILE: {settings.profile.upper()}   ({settings.profile_reason})", sep="\n")
     if settings.offline:
-        print("  Offline stand-ins: local DialogSum CSVs, a tiny Flan-T5-architecture model trained by the project,")
-        print("  and a local S3 server on 127.0.0.1. Numbers are the tiny model's, not Flan-T5's.")
+        print("  Offline stand-ins: local DialogSum CSVs, a tiny Flan-T5-architecture model trained by the project,\n"
+              "  and a local S3 server on 127.0.0.1. Numbers are the tiny model's, not Flan-T5's.")  # fmt: skip
     print(f"HARDWARE: {platform.node()}: {os.cpu_count()} CPUs, {memory:.0f} GB RAM, {gpu}, torch {torch.__version__}")
-    if not (os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists()):
+    if not sagemaker:
         print("  Note: not running on SageMaker (the lab targets ml.m5.2xlarge: 8 vCPU, 32 GB); continuing.")
-    print(line)
+    print("=" * 78)

@@ -85,19 +85,7 @@ def split_sizes(dataset: DatasetDict) -> dict[str, int]:
     return {name: len(split) for name, split in dataset.items()}
 
 
-def unique_dialogues(split: Dataset) -> tuple[list[str], list[int]]:
-    """The distinct dialogues of a split in order of first appearance, and each row's index into them."""
-    index: dict[str, int] = {}
-    row_to_unique = []
-    for dialogue in split["dialogue"]:
-        if dialogue not in index:
-            index[dialogue] = len(index)
-        row_to_unique.append(index[dialogue])
-    return list(index), row_to_unique
-
-
 def first_dialogue_rows(split: Dataset, n_dialogues: int) -> Dataset:
     """The rows (all references) of the first `n_dialogues` distinct dialogues of a split."""
-    _, row_to_unique = unique_dialogues(split)
-    keep = [i for i, u in enumerate(row_to_unique) if u < n_dialogues]
-    return split.select(keep)
+    first = set(list(dict.fromkeys(split["dialogue"]))[:n_dialogues])
+    return split.select([i for i, dialogue in enumerate(split["dialogue"]) if dialogue in first])

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 import tempfile
 import time
@@ -93,7 +94,7 @@ def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache:
     """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified."""
     # a CTranslate2 conversion is kept in `cache` (written by `files.write_folder`) and reused while it is as the lab
     # wrote it
-    from .files import owned, write_folder
+    from .files import MARK, owned, write_folder
 
     if engine not in ENGINES:
         raise LabError(f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")
@@ -109,6 +110,8 @@ def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache:
         print(f"CTranslate2: {cache} (converted earlier, unchanged since)", file=sys.stderr)
     else:
         print(f"CTranslate2: converting to {cache} ...", file=sys.stderr)
+        if (cache / MARK).is_file():  # the lab's conversion, damaged since: converted again (a user's is refused)
+            shutil.rmtree(cache)
         with write_folder(cache) as tmp:
             _convert(model, tokenizer, tmp, quantization)
     return load_ctranslate2(cache / "converted", tokenizer, quantization)

@@ -21,20 +21,20 @@ from pathlib import Path
 from .errors import LabError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MARK = ".lab-written"  # in a folder the lab wrote: the folder's digest (hidden files are not part of it)
+MARK = ".lab-written"  # in a folder the lab wrote: the digest of the rest of the folder
 # the lab's own files: no command writes into them (the release folder only with `release --replace-committed`)
 SOURCES = ("lab2_fine_tune_peft.ipynb", "lab_utils", "tests", "docs", ".git", ".ci", "README.md", "requirements.txt")
 
 
 def digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """The hash of a file's bytes, or of a folder's files (relative names and bytes, hidden files left out)."""
+    """The hash of a file's bytes, or of a folder's files (relative names and bytes; the lab's mark left out)."""
     path = Path(path)
     h = hashlib.new(algorithm, usedforsecurity=False)  # md5: what S3 gives as an ETag
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if file != path:
             relative = file.relative_to(path)
-            if any(part.startswith(".") for part in relative.parts):
+            if relative.as_posix() == MARK:
                 continue
             h.update(relative.as_posix().encode() + b"\0")
         with open(file, "rb") as f:
@@ -78,7 +78,7 @@ def owned(path: Path) -> bool:
     return recorded is not None and recorded == digest(path)
 
 
-def _lab_source(path: Path) -> Path | None:
+def lab_source(path: Path) -> Path | None:
     for name in SOURCES:
         source = PROJECT_ROOT / name
         if path == source or source in path.parents or path in source.parents:
@@ -96,7 +96,7 @@ def check_output(
     fix = f"give a new {'folder' if folder else 'file'} name"
     if any(str(i) != "-" and Path(i).expanduser().resolve() == out for i in inputs):
         raise LabError(f"{what} {out} is also the input: writing it would destroy what is being read", fix)
-    source = _lab_source(out)
+    source = lab_source(out)
     if source is not None and not (allowed and (out == allowed.resolve() or allowed.resolve() in out.parents)):
         raise LabError(f"{what} {out} would overwrite the lab's own {source.relative_to(PROJECT_ROOT)}", fix)
     if out.exists():
@@ -114,6 +114,17 @@ def check_output(
     return out
 
 
+def _ready(tmp: Path, target: Path, mark: bool, mode: int) -> None:
+    """Give `tmp` the user's usual permissions (tempfile's are private); check `target` is still the lab's."""
+    # checked once more at this moment: a file of the user's may have appeared there since `check_output` (a long run)
+    if mark and target.exists() and not owned(target) and not (target.is_dir() and not any(target.iterdir())):
+        raise LabError(f"{target} appeared while the lab worked, and it is not the lab's: nothing was replaced",
+                       "move it away, then run the command again")  # fmt: skip
+    umask = os.umask(0o22)
+    os.umask(umask)
+    os.chmod(tmp, mode & ~umask)
+
+
 @contextlib.contextmanager
 def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
     """`with write_file(target) as tmp:` write `tmp`, which becomes `target` (recorded as the lab's with `mark`)."""
@@ -126,6 +137,7 @@ def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on the disk before it takes the final name
+        _ready(tmp, target, mark, 0o666)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -145,6 +157,7 @@ def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
         yield tmp
         if mark:
             (tmp / MARK).write_text(digest(tmp), encoding="utf-8")
+        _ready(tmp, target, mark, 0o777)
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
             os.replace(target, old / "x")

@@ -8,7 +8,7 @@ import torch
 
 from lab_utils.backstage.instructor import data_collator, tokenize
 from lab_utils.config import load_settings
-from lab_utils.data import build_prompt, first_dialogue_rows, load_dialogsum_csv, split_sizes, unique_dialogues
+from lab_utils.data import build_prompt, first_dialogue_rows, load_dialogsum_csv, split_sizes
 from lab_utils.errors import LabError
 
 
@@ -23,12 +23,9 @@ def test_load_csv_folder(data_dir):
     assert "\n#Person2#:" in ds["train"][0]["dialogue"]  # turns stay on their own lines
 
 
-def test_missing_folder_names_the_setting(tmp_path):
+def test_a_missing_folder_or_split_is_named(data_dir, tmp_path):
     with pytest.raises(LabError, match="LAB_DATA_DIR.*is not a folder"):
         load_dialogsum_csv(tmp_path / "nope")
-
-
-def test_missing_split_is_named(data_dir, tmp_path):
     for split in ("train", "validation"):
         (tmp_path / f"{split}.csv").write_bytes((data_dir / f"{split}.csv").read_bytes())
     with pytest.raises(LabError, match="has no test.csv"):
@@ -97,9 +94,6 @@ def test_header_only_csv_is_explained(split, data_dir, tmp_path):
         load_dialogsum_csv(tmp_path)
 
 
-def test_unique_dialogues_and_first_rows(data_dir):
-    test = load_dialogsum_csv(data_dir)["test"]
-    distinct, row_to_unique = unique_dialogues(test)
-    assert len(distinct) == 6 and row_to_unique[:6] == [0, 0, 0, 1, 1, 1]
-    rows = first_dialogue_rows(test, 2)
+def test_first_rows_hold_every_reference_of_the_first_dialogues(data_dir):
+    rows = first_dialogue_rows(load_dialogsum_csv(data_dir)["test"], 2)
     assert len(rows) == 6 and len(set(rows["dialogue"])) == 2

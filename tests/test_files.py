@@ -88,6 +88,24 @@ def test_a_symlinked_folder_is_written_through_its_target(tmp_path):
     assert link.is_symlink() and (real / "a").read_text() == "1"
 
 
+def test_what_appears_during_the_work_or_inside_the_lab_s_folder_is_the_user_s(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(LabError, match="appeared"), write_folder(target) as tmp:
+        (tmp / "weights").write_text("ours")
+        target.mkdir()  # a user's folder, made while the lab worked
+        (target / "thesis.txt").write_text("mine")
+    assert [p.name for p in target.iterdir()] == ["thesis.txt"]
+    with write_folder(tmp_path / "ours") as tmp, write_file(tmp / "weights", mark=False) as weights:
+        weights.write_text("ours")
+    (tmp_path / "ours" / ".notes").write_text("a hidden file of the user's")
+    with pytest.raises(LabError):
+        check_output(tmp_path / "ours", "the output", folder=True)
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert (tmp_path / "ours" / "weights").stat().st_mode & 0o777 == 0o666 & ~umask  # the user's usual modes
+    assert (tmp_path / "ours").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_digest_changes_with_any_byte_or_name(tmp_path):
     (tmp_path / "a").write_bytes(b"1")
     first = digest(tmp_path)

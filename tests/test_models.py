@@ -123,14 +123,6 @@ def test_adapter_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_absent_target_modules_get_peft_s_own_message(tiny_model):
-    """peft names the missing module itself (the lab has no check of its own for this)."""
-    from peft import LoraConfig
-
-    with pytest.raises(ValueError, match="query"):
-        add_lora(tiny_model, LoraConfig(r=4, target_modules=["query"], task_type="SEQ_2_SEQ_LM"))
-
-
 def test_offline_stand_in_is_t5_v1_1_with_untied_head():
     model = build_tiny_t5(4100)
     assert model.config.feed_forward_proj == "gated-gelu" and not model.config.tie_word_embeddings

@@ -5,6 +5,7 @@ full model folder, on PyTorch or CTranslate2."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import re
@@ -53,9 +54,9 @@ def decode(data: bytes, name: str, encoding: str | None = None) -> str:
         text = data.decode(encoding)
     except LookupError as exc:
         raise LabError(f"--encoding {encoding!r} is not an encoding Python knows", "use e.g. utf-8 or cp1252") from exc
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:  # a decoding error, or a codec that does not decode bytes (undefined, punycode)
         shown = "UTF-8" if encoding == "utf-8" else encoding
-        raise LabError(f"{name} is not {shown} text ({exc.reason} at byte {exc.start})", fix) from exc
+        raise LabError(f"{name} is not {shown} text ({exc})", fix) from exc
     if "\0" in text:
         raise LabError(f"{name} is not text (it holds NUL bytes)", fix)
     return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
@@ -90,8 +91,9 @@ def read_dialogues(source: str, column: str | None = None, encoding: str | None 
     """Dialogues from a CSV (its `column`), a text file (dialogues separated by a blank line), or '-' (stdin)."""
     data, name = read_input_bytes(source)
     text = decode(data, name, encoding)
-    suffix = Path(source).suffix.lower()
-    if suffix in (".csv", ".tsv") or column is not None:
+    suffix, header = Path(source).suffix.lower(), text.split("\n", 1)[0].lower()
+    csv_on_stdin = source == "-" and "dialogue" in re.split(r"[,;\t|]", header)  # a CSV piped in, not a dialogue
+    if suffix in (".csv", ".tsv") or column is not None or csv_on_stdin:
         dialogues = read_csv_column(text, name, column or "dialogue", "\t" if suffix == ".tsv" else None)
         empty = [i + 2 for i, d in enumerate(dialogues) if not d.strip()]
         if empty:
@@ -148,7 +150,8 @@ def summarize_command(settings: Settings, args) -> None:
     if args.engine in CT2_QUANTIZATION:
         cache = conversion_cache(settings, args.engine, args.adapter, args.merged)
         model = prepare_for_inference(model, args.engine, tokenizer, cache)
-    summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
+    with contextlib.redirect_stdout(sys.stderr):  # standard output holds the summaries alone (notes go to stderr)
+        summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
     if not output:
         print("\n".join(summaries))
         return
