@@ -118,7 +118,7 @@ def _ready(tmp: Path, target: Path, mark: bool, mode: int) -> None:
     """Give `tmp` the user's usual permissions (tempfile's are private); check `target` is still the lab's."""
     # checked once more at this moment: a file of the user's may have appeared there since `check_output` (a long run)
     if mark and target.exists() and not owned(target) and not (target.is_dir() and not any(target.iterdir())):
-        raise LabError(f"{target} appeared while the lab worked, and it is not the lab's: nothing was replaced",
+        raise LabError(f"{target} is not the lab's (it appeared while the lab worked, or changed): nothing replaced",
                        "move it away, then run the command again")  # fmt: skip
     umask = os.umask(0o22)
     os.umask(umask)

@@ -90,7 +90,7 @@ def test_a_symlinked_folder_is_written_through_its_target(tmp_path):
 
 def test_what_appears_during_the_work_or_inside_the_lab_s_folder_is_the_user_s(tmp_path):
     target = tmp_path / "model"
-    with pytest.raises(LabError, match="appeared"), write_folder(target) as tmp:
+    with pytest.raises(LabError, match="not the lab.s"), write_folder(target) as tmp:
         (tmp / "weights").write_text("ours")
         target.mkdir()  # a user's folder, made while the lab worked
         (target / "thesis.txt").write_text("mine")

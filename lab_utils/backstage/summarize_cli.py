@@ -49,7 +49,7 @@ def decode(data: bytes, name: str, encoding: str | None = None) -> str:
             f"{name} is a zip archive (an Excel workbook?), not text", "save it as 'CSV UTF-8' and give that"
         )
     encoding = encoding or next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
-    fix = "save it as UTF-8, or name its encoding with --encoding (e.g. cp1252 for Windows, utf-16 without a BOM)"
+    fix = "save it as UTF-8, or name its encoding with --encoding (e.g. cp1252; utf-16-le or utf-16-be without a BOM)"
     try:
         text = data.decode(encoding)
     except LookupError as exc:
