@@ -13,14 +13,6 @@ from .devices import autocast, device_of, resolve_precision
 from .errors import LabError
 
 
-def generation_kwargs(settings) -> dict:
-    """Greedy decoding settings for this profile (the course: greedy, up to 200 new tokens)."""
-    kwargs = {"max_new_tokens": settings.max_new_tokens, "num_beams": 1, "do_sample": False}
-    if settings.no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size
-    return kwargs
-
-
 def check_dialogues(dialogues) -> list[str]:
     """The dialogues as a list of non-empty strings (one string is one dialogue), or a `LabError` naming the bad one."""
     dialogues = [dialogues] if isinstance(dialogues, str) else list(dialogues)
@@ -44,11 +36,12 @@ def summarize(
     desc: str = "Summarizing",
     prompt: Callable[[str], str] | None = None,
 ) -> list[str]:
-    """Summaries of `dialogues` with the instruction prompt (or `prompt`) and `generation_kwargs(settings)`."""
+    """Summaries of `dialogues` with the instruction prompt (or `prompt`), greedy (or `gen_kwargs`), as the course."""
     # prompts are truncated at max_source_length, as in training; each distinct dialogue is generated once (the test
     # split repeats each three times), longest first in batches of eval_batch_size, so that a batch pads little
     dialogues = check_dialogues(dialogues)
-    gen_kwargs = generation_kwargs(settings) if gen_kwargs is None else gen_kwargs
+    gen_kwargs = gen_kwargs or dict(max_new_tokens=settings.max_new_tokens, num_beams=1, do_sample=False,
+                                    no_repeat_ngram_size=settings.no_repeat_ngram_size)  # fmt: skip
     batch_size = settings.eval_batch_size if batch_size is None else batch_size
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise LabError(f"batch_size={batch_size!r} must be a whole number of at least 1", "use e.g. batch_size=16")
