@@ -198,8 +198,8 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
     """Why `value` is not acceptable for the setting `name`, and a valid example (None when it is fine)."""
     example = profile_defaults(settings.profile)[name]
     check = CHECKS.get(Settings.__dataclass_fields__[name].metadata.get("check", ""))
-    if check and check(value):
-        return check(value), example
+    if check and (problem := check(value)):
+        return problem, example
     path = settings.path(value) if name in ("model_id", "work_dir") else None
     if name == "model_id" and looks_like_hub_id(value):
         if settings.offline:

@@ -92,12 +92,8 @@ def _convert(model, tokenizer, folder: Path, quantization: str) -> Path:
     return convert_to_ctranslate2(folder / "model", folder / "converted", quantization)
 
 
-def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache: Path | None = None):
+def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None):
     """The model to pass to `summarize` on `engine` (see ENGINES); the caller's model is never modified."""
-    # a CTranslate2 conversion is kept in `cache` (written by `files.write_folder`) and reused while it is as the lab
-    # wrote it
-    from .files import MARK, owned, write_folder
-
     if engine not in ENGINES:
         raise LabError(f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")
     if engine == "pytorch":
@@ -105,12 +101,21 @@ def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None, cache:
     if tokenizer is None:
         raise LabError(f"the {engine} engine needs the model's tokenizer", "pass tokenizer=...")
     quantization = CT2_QUANTIZATION[engine]
-    if cache is None:  # a temporary folder, which the Translator has read before it goes
-        with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:
-            return load_ctranslate2(_convert(model, tokenizer, Path(tmp), quantization), tokenizer, quantization)
+    with tempfile.TemporaryDirectory(prefix="lab-ct2-") as tmp:  # read by the Translator before it goes
+        return load_ctranslate2(_convert(model, tokenizer, Path(tmp), quantization), tokenizer, quantization)
+
+
+def cached_ctranslate2(cache: Path, load_model, tokenizer, engine: str) -> CTranslate2Model:
+    """The CTranslate2 conversion kept in `cache`, made from `load_model()` when it is missing or damaged."""
+    # reused while it is as the lab wrote it (`files.owned`), so a cache hit loads no PyTorch model; written with
+    # `files.write_folder`
+    from .files import MARK, owned, write_folder
+
+    quantization = CT2_QUANTIZATION[engine]
     if cache.is_dir() and owned(cache.resolve()):
         print(f"CTranslate2: {cache} (converted earlier, unchanged since)", file=sys.stderr)
     else:
+        model = load_model()  # before anything is written: a model that cannot load leaves no folder behind
         print(f"CTranslate2: converting to {cache} ...", file=sys.stderr)
         if (cache / MARK).is_file():  # the lab's conversion, damaged since: converted again (a user's is refused)
             shutil.rmtree(cache)

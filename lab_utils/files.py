@@ -1,6 +1,6 @@
-"""Files the lab writes: one hash (`digest`, `digest_of`), one safe write (`write_file`, `write_folder`), one test
-of what the lab wrote (`check_output`, `owned`)."""
+"""Files the lab writes: one hash, one safe write, one test of what the lab wrote."""
 
+# `digest` and `digest_of`; `write_file` and `write_folder`; `check_output`, `replaceable` and `owned`.
 # A target is built under a unique temporary name in its own folder (`tempfile`), then moved into place with
 # `os.replace`: a crash leaves the old target or the new one, and no fixed side name (`X.tmp`) can clobber a user's
 # file. The lab marks what it writes with its digest: a folder in a file of its own (`.lab-written`), a file in a
@@ -78,6 +78,11 @@ def owned(path: Path) -> bool:
     return recorded is not None and recorded == digest(path)
 
 
+def replaceable(path: Path) -> bool:
+    """True when nothing is at `path`, an empty folder, or what the lab wrote there, unchanged."""
+    return not path.exists() or owned(path) or (path.is_dir() and not any(path.iterdir()))
+
+
 def lab_source(path: Path) -> Path | None:
     for name in SOURCES:
         source = PROJECT_ROOT / name
@@ -102,8 +107,7 @@ def check_output(
     if out.exists():
         if out.is_dir() != folder:
             raise LabError(f"{what} {out} is a {'folder' if out.is_dir() else 'file'}", fix)
-        empty = folder and not any(out.iterdir())
-        if not empty and not owned(out) and out != (allowed and allowed.resolve()):
+        if not replaceable(out) and out != (allowed and allowed.resolve()):
             what = f"{what} {out} already exists and this lab did not write it (or it was changed since)"
             raise LabError(what + "; nothing was changed", f"{fix}, or remove it yourself if you do not need it")
     parent = out.parent
@@ -117,7 +121,7 @@ def check_output(
 def _ready(tmp: Path, target: Path, mark: bool, mode: int) -> None:
     """Give `tmp` the user's usual permissions (tempfile's are private); check `target` is still the lab's."""
     # checked once more at this moment: a file of the user's may have appeared there since `check_output` (a long run)
-    if mark and target.exists() and not owned(target) and not (target.is_dir() and not any(target.iterdir())):
+    if mark and not replaceable(target):
         raise LabError(f"{target} is not the lab's (it appeared while the lab worked, or changed): nothing replaced",
                        "move it away, then run the command again")  # fmt: skip
     umask = os.umask(0o22)

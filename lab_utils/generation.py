@@ -1,5 +1,6 @@
-"""`summarize`: the instruction prompt, each distinct dialogue once, length-sorted batches, greedy decoding. The
-notebook, the instructor and the summarize command all call it, so a summary is made the same way everywhere."""
+"""`summarize`: the instruction prompt, each distinct dialogue once, length-sorted batches, greedy decoding."""
+
+# The notebook, the instructor and the summarize command all call it, so a summary is made the same way everywhere.
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def summarize(
     # prompts are truncated at max_source_length, as in training; each distinct dialogue is generated once (the test
     # split repeats each three times), longest first in batches of eval_batch_size, so that a batch pads little
     dialogues = check_dialogues(dialogues)
-    gen_kwargs = gen_kwargs or dict(max_new_tokens=settings.max_new_tokens, num_beams=1, do_sample=False,
-                                    no_repeat_ngram_size=settings.no_repeat_ngram_size)  # fmt: skip
+    if gen_kwargs is None:  # greedy, as the course (no_repeat_ngram_size 0 is off in transformers and CTranslate2)
+        gen_kwargs = dict(max_new_tokens=settings.max_new_tokens, num_beams=1, do_sample=False,
+                          no_repeat_ngram_size=settings.no_repeat_ngram_size)  # fmt: skip
     batch_size = settings.eval_batch_size if batch_size is None else batch_size
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise LabError(f"batch_size={batch_size!r} must be a whole number of at least 1", "use e.g. batch_size=16")

@@ -1,5 +1,7 @@
-"""Measuring in a fresh process: memory and time that nothing else in this process (a notebook's other models, an
-earlier measurement's caches) can inflate. The serving table and the benchmark measure through `run_isolated`."""
+"""Measuring in a fresh process, where nothing else in this process can inflate memory or time."""
+
+# What a notebook's other models or an earlier measurement's caches hold stays out of the figures. The serving table and
+# the benchmark measure through `run_isolated`.
 
 from __future__ import annotations
 

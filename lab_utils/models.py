@@ -1,5 +1,6 @@
-"""Looking at models: parameter counts, a fingerprint of the weights, and checks that a checkpoint folder will load
-(run before transformers and peft load it, so a damaged or mismatched folder is named with what to do)."""
+"""Looking at models: parameter counts, a fingerprint of the weights, checks that a checkpoint folder will load."""
+
+# The checks run before transformers and peft load a folder, so a damaged or mismatched one is named with what to do.
 
 from __future__ import annotations
 

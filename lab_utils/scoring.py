@@ -165,18 +165,16 @@ def rouge_views(frame, rouge=None, columns=RESULTS_COLUMNS[1:]):
     """ROUGE of each model (rows) under the three views (column level 0) and per metric (level 1)."""
     import pandas as pd
 
-    refs = frame["human_baseline_summaries"].tolist()
-    groups = dialogue_groups(frame)
+    refs, groups = frame["human_baseline_summaries"].tolist(), dialogue_groups(frame)
+    split_refs, refs_by_dialogue = ["\n".join(split_sentences(t)) for t in refs], [[refs[i] for i in g] for g in groups]
     rows = {}
     for column in columns:
         preds = frame[column].tolist()
         views = {
             "course-comparable": compute_rouge(preds, refs, rouge),
-            "sentence-split": compute_rouge(["\n".join(split_sentences(t)) for t in preds],
-                                            ["\n".join(split_sentences(t)) for t in refs], rouge),
-            "multi-reference": compute_rouge([preds[g[0]] for g in groups], [[refs[i] for i in g] for g in groups],
-                                             rouge),
-        }  # fmt: skip
+            "sentence-split": compute_rouge(["\n".join(split_sentences(t)) for t in preds], split_refs, rouge),
+            "multi-reference": compute_rouge([preds[g[0]] for g in groups], refs_by_dialogue, rouge),
+        }
         rows[column.replace("_model_summaries", "")] = {(v, k): s[k] for v, s in views.items() for k in ROUGE_KEYS}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["view", "metric"])

@@ -1,5 +1,7 @@
-"""Serving what was trained: one base model with several adapters against one full model per task (`serving_table`),
-and how well the second adapter names a dialogue's topic (`topic_scores`)."""
+"""Serving what was trained: one base with several adapters against one full model per task."""
+
+# `serving_table` compares what each way costs; `topic_scores` says how well the second adapter names a dialogue's
+# topic.
 
 from __future__ import annotations
 

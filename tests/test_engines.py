@@ -111,7 +111,9 @@ def test_summarize_engine_ctranslate2_and_its_cache(served, monkeypatch, capsys)
     code, out, err = _summarize(monkeypatch, capsys, "--engine", "ctranslate2-fp32", *merged)
     assert code == 0 and "converting" in err and out == pytorch  # converted, and the same summaries
     (cache,) = (served["tmp"] / "work" / "ctranslate2").iterdir()
-    code, out, err = _summarize(monkeypatch, capsys, "--engine", "ctranslate2-fp32", *merged)
+    with monkeypatch.context() as m:  # a cache hit loads no PyTorch model
+        m.setattr("lab_utils.backstage.summarize_cli.load_for_serving", lambda *a: pytest.fail("loaded for a hit"))
+        code, out, err = _summarize(monkeypatch, capsys, "--engine", "ctranslate2-fp32", *merged)
     assert "unchanged since" in err and out == pytorch
     (cache / "converted" / "model.bin").write_bytes(b"truncated")  # a damaged cache is converted again
     code, out, err = _summarize(monkeypatch, capsys, "--engine", "ctranslate2-fp32", *merged)

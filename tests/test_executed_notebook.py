@@ -118,8 +118,8 @@ def test_section_6_merge_swap_and_serving(cells):
 
 
 def test_section_6_ctranslate2_serves_the_merged_model(cells):
-    """The converted merged model summarizes the test dialogue, and agrees with PyTorch's generate on the test
-    dialogues of 5.2 (identical, or how many differ with the ROUGE change), with both times and the speed-up."""
+    """The converted merged model summarizes the test dialogue, says how many of 5.2's dialogues it summarizes as
+    PyTorch's generate does, and shows both times (no speed is asserted: that is the benchmark's)."""
     import re
 
     summary = text(cells, "ct2-convert").split("CTRANSLATE2 SUMMARY:", 1)[1].splitlines()[0]
@@ -128,7 +128,7 @@ def test_section_6_ctranslate2_serves_the_merged_model(cells):
     check = text(cells, "ct2-compare")
     agreement = re.search(r"summaries: (\d+) of (\d+) dialogues identical", check)
     assert agreement and int(agreement.group(2)) >= 1, check
-    assert re.search(r"time: PyTorch [\d.]+ s, CTranslate2 [\d.]+ s", check), check  # the times, whichever is faster
+    assert re.search(r"time: PyTorch [\d.]+ s, CTranslate2 [\d.]+ s", check), check
 
 
 def test_the_results_file_story_as_the_notebook_prints_it(cells):

@@ -54,7 +54,8 @@ def setup(sz: dict):
 
     torch.manual_seed(0)  # every process builds the same model; the settings ignore the environment
     model, tok = T5ForConditionalGeneration(T5Config(**sz["model"])).eval(), AutoTokenizer.from_pretrained(TOKENIZER)
-    return model, tok, load_settings("course", environ={}, max_source_length=sz["max_source_length"])
+    limits = {k: sz[k] for k in ("max_source_length", "max_target_length")}
+    return model, tok, load_settings("course", environ={}, **limits)
 
 
 def fixed(n: int) -> dict:
@@ -89,11 +90,12 @@ def measure_evaluation(sz: dict, rows: list[str]) -> dict:
 def measure_steps(sz: dict, examples: list[dict], batch: int, padding: str, lora=False, checkpointing=False) -> dict:
     # Median seconds per training step after a warm-up step, full fine-tuning or the lab's LoRA (r=32 on q and v).
     import torch
+    from datasets import Dataset, DatasetDict
 
     from ..data import build_prompt
-    from .instructor import data_collator, lora_config
+    from .instructor import data_collator, lora_config, tokenize
 
-    model, tok, _ = setup(sz)
+    model, tok, settings = setup(sz)
     if lora:  # in place: the lab's deep copy would add a copy to the peak
         from peft import get_peft_model
 
@@ -111,17 +113,16 @@ def measure_steps(sz: dict, examples: list[dict], batch: int, padding: str, lora
         optimizer.zero_grad(set_to_none=True)
 
     # the batches of `examples`, padded as the course did or as the lab does
-    prompts, summaries = [build_prompt(e["dialogue"]) for e in examples], [e["summary"] for e in examples]
     starts = range(0, len(examples), batch)
     if padding == "course":  # prompts and labels to `pad_length`, label padding 0 counted in the loss, no mask
+        prompts, summaries = [build_prompt(e["dialogue"]) for e in examples], [e["summary"] for e in examples]
         kw = dict(padding="max_length", truncation=True, max_length=sz["pad_length"], return_tensors="pt")
         ids, labels = tok(prompts, **kw).input_ids, tok(summaries, **kw).input_ids
         todo = [{"input_ids": ids[i : i + batch], "labels": labels[i : i + batch]} for i in starts]
-    else:  # the lab's: no padding at tokenization, examples sorted by length as `group_by_length` groups them, each
-        # batch padded to its longest by `DataCollatorForSeq2Seq` (label padding -100)
-        enc = tok(prompts, max_length=sz["max_source_length"], truncation=True)
-        enc["labels"] = tok(text_target=summaries, max_length=sz["max_target_length"], truncation=True).input_ids
-        features = sorted((dict(zip(enc, f)) for f in zip(*enc.values())), key=lambda f: len(f["input_ids"]))
+    else:  # the lab's: the notebook's `tokenize_function` (no padding), examples sorted by length as `group_by_length`
+        # groups them, each batch padded to its longest by the notebook's collator (label padding -100)
+        tokenized = tokenize(DatasetDict(train=Dataset.from_list(examples)), tok, settings)["train"]
+        features = sorted(tokenized, key=lambda f: len(f["input_ids"]))
         collate = data_collator(tok, None)
         todo = [dict(collate(features[i : i + batch])) for i in starts]
     times, tokens = [timed(step, b) for b in todo][1:], [b["input_ids"].numel() + b["labels"].numel() for b in todo][1:]

@@ -42,7 +42,7 @@ from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
 from ..engines import prepare_for_inference
 from ..errors import LabError
-from ..files import digest_of, write_file, write_folder, write_json
+from ..files import digest_of, write_folder, write_json
 from ..models import check_adapter_dir, check_model_dir, fingerprint
 from ..results_file import write_results_file
 from ..s3 import check_publish_target, upload_folder
@@ -318,7 +318,6 @@ def results_stage(settings: Settings, out: Path, world: dict, test, ids: dict, e
         summaries[column] = json.loads(path.read_text(encoding="utf-8"))["texts"]
     topics = {"human_baseline_topics": list(test["topic"]), "peft_model_topics": summaries.pop("peft_model_topics")}
     for name, values in ((RESULTS_FILE, summaries), (TOPIC_RESULTS_FILE, topics)):
-        with write_file(out / name, mark=False) as tmp:
-            write_results_file(tmp, values, extra={"id": list(test["id"])})
+        write_results_file(out / name, values, extra={"id": list(test["id"])})  # written whole (files.write_file)
     write_json(out / "results.json", {"identity": identity})
     print(f"Wrote {out / RESULTS_FILE} and {out / TOPIC_RESULTS_FILE} ({len(test)} test rows)")

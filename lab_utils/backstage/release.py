@@ -62,10 +62,11 @@ def check_run(settings: Settings, run: Path) -> dict[str, dict]:
     check_model_dir(run / FULL_CHECKPOINT, finite=True, fix=fix)
     base = AutoModelForSeq2SeqLM.from_pretrained(check_model_dir(settings.model_path_or_id), dtype="float32")
     facts = {stage.folder: read_json(run / stage.folder / "train_facts.json", "stage", fix) for stage in STAGES}
-    if other := {name: f.get("original") for name, f in facts.items() if f.get("original") != fingerprint(base)}:
+    base_fingerprint = fingerprint(base)  # a hash of every weight: computed once
+    if other := {name: f.get("original") for name, f in facts.items() if f.get("original") != base_fingerprint}:
         raise LabError(
             f"the run's {', '.join(other)} were trained on another original model (fingerprints {other}) than "
-            f"`LAB_MODEL_ID`={settings.model_id} ({fingerprint(base)}); nothing was written",
+            f"`LAB_MODEL_ID`={settings.model_id} ({base_fingerprint}); nothing was written",
             "set `LAB_MODEL_ID` to the model the instructor trained on (e.g. data/offline/flan-t5-tiny)",
         )
     for stage in STAGES[1:]:

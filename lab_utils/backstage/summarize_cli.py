@@ -1,6 +1,7 @@
-"""`python -m lab_utils summarize [--adapter DIR | --merged DIR] [--engine E] [FILE|-]`: dialogues from a text file
-(a blank line between them), a CSV column or standard input, summarized by the original model, with an adapter, or by a
-full model folder, on PyTorch or CTranslate2."""
+"""`python -m lab_utils summarize`: summaries on the command line."""
+
+# Dialogues from a text file (a blank line between them), a CSV column or standard input, summarized by the original
+# model, with an adapter (--adapter), or by a full model folder (--merged), on PyTorch or CTranslate2 (--engine).
 
 from __future__ import annotations
 
@@ -106,23 +107,29 @@ def read_dialogues(source: str, column: str | None = None, encoding: str | None 
     return [d.strip() for d in dialogues]
 
 
+def load_tokenizer(settings: Settings, merged: str | None):
+    """A merged/full model folder's own tokenizer when it saved one, else the original model's."""
+    from transformers import AutoTokenizer
+
+    own = merged and (Path(merged) / "tokenizer_config.json").is_file()
+    return AutoTokenizer.from_pretrained(merged if own else settings.model_path_or_id)
+
+
 def load_for_serving(settings: Settings, adapter: str | None = None, merged: str | None = None):
     """(model, tokenizer): a merged/full model folder, the original model with an adapter, or the original model."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM
 
     from ..models import check_adapter_dir, check_model_dir, shape_model
 
+    tokenizer = load_tokenizer(settings, merged)
     if merged:
         folder = check_model_dir(merged, fix="give a folder saved with save_pretrained (a merged or full model)")
-        has_tokenizer = (folder / "tokenizer_config.json").is_file()
-        tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else settings.model_path_or_id)
         return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.float32), tokenizer
     if adapter:  # checked on the architecture alone: a wrong folder is said before the base model loads
         fix = "give the folder of a LoRA adapter for this model"
         check_adapter_dir(adapter, shape_model(settings.model_path_or_id), settings.model_id, fix=fix)
     model = AutoModelForSeq2SeqLM.from_pretrained(settings.model_path_or_id, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(settings.model_path_or_id)
     if adapter:
         from peft import PeftModel
 
@@ -140,16 +147,19 @@ def conversion_cache(settings: Settings, engine: str, adapter: str | None, folde
 
 def summarize_command(settings: Settings, args) -> None:
     """`python -m lab_utils summarize`: read dialogues, summarize them in batches, print or write a CSV."""
-    from ..engines import CT2_QUANTIZATION, prepare_for_inference
+    from ..engines import CT2_QUANTIZATION, cached_ctranslate2
     from ..generation import summarize
 
     # the output first: a bad path costs nothing, and the input is never overwritten
     output = args.output and check_output(args.output, "the output (--output)", inputs=[args.input])
     dialogues = read_dialogues(args.input, args.column, args.encoding)
-    model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
-    if args.engine in CT2_QUANTIZATION:
+    if args.engine in CT2_QUANTIZATION:  # the PyTorch model is loaded only to be converted
+        tokenizer = load_tokenizer(settings, args.merged)
         cache = conversion_cache(settings, args.engine, args.adapter, args.merged)
-        model = prepare_for_inference(model, args.engine, tokenizer, cache)
+        model = cached_ctranslate2(cache, lambda: load_for_serving(settings, args.adapter, args.merged)[0], tokenizer,
+                                   args.engine)  # fmt: skip
+    else:
+        model, tokenizer = load_for_serving(settings, args.adapter, args.merged)
     with contextlib.redirect_stdout(sys.stderr):  # standard output holds the summaries alone (notes go to stderr)
         summaries = summarize(model, tokenizer, dialogues, settings, progress=sys.stderr.isatty())
     if not output:
