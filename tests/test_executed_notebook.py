@@ -1,5 +1,6 @@
-"""The executed notebook (the artifact `python -m lab_utils run` leaves in data/executed/) shows what the lab
-promises: no errors, the taught calls in their cells, the plots, the tables, and input-dependent summaries."""
+"""The executed notebook (data/executed/, saved by tests/in_jupyterlab.py from JupyterLab, or by `python -m lab_utils
+run`) shows what the lab promises: the taught calls in their cells, the figures saved, the tables, and input-dependent
+summaries. (No error, every cell run, the figures shown: in_jupyterlab.py checks those in the page.)"""
 
 # It needs that artifact: tests/run_all.sh makes it first and sets REQUIRE_EXECUTED_NOTEBOOK=1 (a missing file then
 # fails); elsewhere, plain `pytest` skips these tests with the reason.
@@ -20,19 +21,13 @@ from lab_utils.config import load_settings
 def cells():
     if not EXECUTED.is_file():
         if os.environ.get("REQUIRE_EXECUTED_NOTEBOOK") == "1":
-            pytest.fail(f"{EXECUTED} is missing: `python -m lab_utils run` did not produce it")
-        pytest.skip(f"needs the executed notebook {EXECUTED}: run `python -m lab_utils run` first")
+            pytest.fail(f"{EXECUTED} is missing: tests/in_jupyterlab.py did not produce it")
+        pytest.skip(f"needs the executed notebook {EXECUTED}: run tests/in_jupyterlab.py first")
     return code_cells(EXECUTED)
 
 
 def text(cells, cell_id: str) -> str:
     return output_text(cells[cell_id])
-
-
-def test_no_cell_failed(cells):
-    errors = [o for c in cells.values() for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors, errors[0]["ename"] + ": " + errors[0]["evalue"] if errors else ""
-    assert all(c.get("execution_count") for c in cells.values() if "".join(c["source"]).strip())
 
 
 @pytest.mark.parametrize(
@@ -64,18 +59,13 @@ def test_the_taught_calls_are_in_their_cells(cells, cell_id, call):
     assert call in "".join(cells[cell_id]["source"])
 
 
-@pytest.mark.parametrize("cell_id", ["plot-full-vs-lora", "plot-loss", "plot-rouge"])
-def test_plots_were_drawn(cells, cell_id):
-    images = [o for o in cells[cell_id].get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 1
-
-
 def test_figures_saved_as_png(cells):
     """The run saved its figures as PNG files (not files left by an earlier run: written after the run started)."""
     import json
     from datetime import datetime
 
-    started = datetime.fromisoformat(json.loads(EXECUTED.read_text())["metadata"]["papermill"]["start_time"])
+    run = json.loads(EXECUTED.read_text())["metadata"]
+    started = datetime.fromisoformat(run.get("lab_run", run.get("papermill", {}))["start_time"])
     figures = load_settings("offline", environ={}).work_path / "offline" / "figures"
     for name in ("full_vs_lora.png", "loss_curves.png", "rouge.png"):
         assert (figures / name).read_bytes()[:4] == b"\x89PNG"
@@ -96,11 +86,8 @@ def test_reports_and_tables(cells):
     assert all(name in table for name in ("original", "instruct", "peft", "best constant", "PEFT MODEL over ORIGINAL"))
 
 
-def test_headless_parameter_reached_the_notebook(cells):
-    # tests/run_all.sh runs `python -m lab_utils run -p EVAL_DIALOGUES 8`: papermill injected it
-    injected = [c for c in cells.values() if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    assert injected and "EVAL_DIALOGUES = 8" in "".join(injected[0]["source"])
-    assert "8 dialogues, 24 test rows" in text(cells, "live-rouge")
+def test_a_setting_from_the_environment_reached_the_kernel(cells):
+    assert "8 dialogues, 24 test rows" in text(cells, "live-rouge")  # tests/run_all.sh sets LAB_EVAL_DIALOGUES=8
 
 
 def test_section_6_merge_swap_and_serving(cells):
