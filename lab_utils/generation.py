@@ -13,6 +13,8 @@ from .data import build_prompt
 from .devices import autocast, device_of, resolve_precision
 from .errors import LabError
 
+_NOTED: set[tuple] = set()  # truncation notes already printed in this process
+
 
 def check_dialogues(dialogues) -> list[str]:
     """The dialogues as a list of non-empty strings (one string is one dialogue), or a `LabError` naming the bad one."""
@@ -51,7 +53,8 @@ def summarize(
     prompts = [(prompt or build_prompt)(d) for d in distinct]
     lengths = [len(ids) for ids in tokenizer(prompts).input_ids]
     too_long = sum(n > settings.max_source_length for n in lengths)
-    if too_long:
+    if too_long and (note := (too_long, settings.max_source_length, hash(tuple(prompts)))) not in _NOTED:
+        _NOTED.add(note)  # once per set of dialogues: the next model's summaries of them need not say it again
         print(f"Note: {too_long} of {len(prompts)} prompts are longer than {settings.max_source_length} tokens and "
               "were truncated, as in training.")  # fmt: skip
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
