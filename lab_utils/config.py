@@ -21,10 +21,19 @@ from .errors import LabError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RELEASE_DIR = Path(__file__).resolve().parent / "backstage" / "release"  # the offline profile's trained artifacts
 PROFILES = ("course", "offline")
+SPLITS = ("train", "validation", "test")  # DialogSum's, each a CSV in a local copy (`data_dir`)
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit numbers
 # Flan-T5 was trained on 512-token inputs; attention's memory grows with the square of the length (4,096 tokens:
 # batch 16 x 12 heads x 4096^2 floats = 12.9 GB a layer), so longer ones end in a failed allocation
 MAX_TOKENS = 4096
+
+
+def dialogsum_problem(folder: Path) -> str | None:
+    """Why `folder` does not hold DialogSum's CSVs (train.csv, validation.csv, test.csv), or None."""
+    names = [f"{split}.csv" for split in SPLITS]
+    if not folder.is_dir():
+        return f"is not a folder (one with DialogSum's {', '.join(names)})"
+    return f"has no {', '.join(missing)}" if (missing := [n for n in names if not (folder / n).is_file()]) else None
 
 
 def _is_s3_uri(value: str) -> str | None:
@@ -200,15 +209,15 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
     check = CHECKS.get(Settings.__dataclass_fields__[name].metadata.get("check", ""))
     if check and (problem := check(value)):
         return problem, example
-    path = settings.path(value) if name in ("model_id", "work_dir") else None
-    if name == "model_id" and looks_like_hub_id(value):
-        if settings.offline:
-            return (
-                "is a Hugging Face Hub id, and the offline profile cannot reach the Hub (give a local folder)",
-                example,
-            )
-    elif name == "model_id" and not (path / "config.json").is_file():
+    path = settings.path(value) if name in ("model_id", "work_dir", "data_dir") else None
+    hub = name == "model_id" and looks_like_hub_id(value)
+    if hub and settings.offline:
+        return "is a Hugging Face Hub id: the offline profile cannot reach the Hub (give a local folder)", example
+    if name == "model_id" and not hub and not (path / "config.json").is_file():
         return "is neither a model folder (with a config.json) nor a Hugging Face Hub id", example
+    # the offline profile's own folder is checked where DialogSum is read: `summarize` and the tests run without it
+    if name == "data_dir" and value and value != example and (problem := dialogsum_problem(path)):
+        return problem, example
     if name == "work_dir":
         from .files import lab_source
 
@@ -217,9 +226,8 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
             return "is a file (or lies in one), or lies in the lab's own files", example
     eval_steps = settings.eval_steps
     if name == "save_steps" and eval_steps >= 1 and value % eval_steps:  # eval_steps < 1 is its own problem
-        return f"must be a multiple of `LAB_EVAL_STEPS`={eval_steps} (the best checkpoint is a saved one)", (
-            eval_steps * max(1, round(value / eval_steps))
-        )
+        multiple = eval_steps * max(1, round(value / eval_steps))
+        return f"must be a multiple of `LAB_EVAL_STEPS`={eval_steps} (the best checkpoint is a saved one)", multiple
     if name == "precision" and value not in ("auto", "fp32"):
         from .devices import resolve_precision  # torch, only when a precision is asked for
 

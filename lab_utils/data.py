@@ -6,10 +6,9 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
-from .config import Settings
+from .config import SPLITS, Settings, dialogsum_problem
 from .errors import LabError
 
-SPLITS = ("train", "validation", "test")
 COLUMNS = ("id", "dialogue", "summary", "topic")
 
 START_PROMPT = "Summarize the following conversation.\n\n"
@@ -55,9 +54,7 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
 def load_dialogsum_csv(data_dir: str | Path, setting: str = "LAB_DATA_DIR") -> DatasetDict:
     """Load DialogSum from a folder with train.csv, validation.csv and test.csv."""
     folder = Path(data_dir)
-    missing = [s + ".csv" for s in SPLITS if not (folder / f"{s}.csv").is_file()]
-    if missing:
-        what = "is not a folder" if not folder.is_dir() else f"has no {', '.join(missing)}"
+    if what := dialogsum_problem(folder):
         fix = f"point `{setting}` at a folder with train.csv, validation.csv and test.csv (DialogSum's Hub layout)"
         raise LabError(f"`{setting}`={str(data_dir)!r} {what}", fix)
     return DatasetDict({s: read_split_csv(folder / f"{s}.csv", setting) for s in SPLITS})

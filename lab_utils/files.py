@@ -5,11 +5,14 @@
 # `os.replace`: a crash leaves the old target or the new one, and no fixed side name (`X.tmp`) can clobber a user's
 # file. The lab marks what it writes with its digest: a folder in a file of its own (`.lab-written`), a file in a
 # registry (~/.cache/flan-t5-peft-lab/written.json, under XDG_CACHE_HOME); a target is the lab's to replace while its
-# digest is still the marked one.
+# digest is still the marked one. The registry is read and written under a lock (`flock` on a file beside it), so two
+# lab processes finishing at once both keep their entries; it is the one file the lab writes without marking it.
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -29,9 +32,16 @@ SOURCES = ("lab2_fine_tune_peft.ipynb", "lab_utils", "tests", "docs", ".git", ".
 def digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """The hash of a file's bytes, or of a folder's files (relative names and bytes; the lab's mark left out)."""
     path = Path(path)
+    if not path.is_file():
+        return _digest.__wrapped__(path, algorithm)
+    s = path.stat()  # a file's hash is kept while it is unchanged: a download checked before its write is read once
+    return _digest(path, algorithm, (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: Path, algorithm: str, stat: tuple = ()) -> str:
     h = hashlib.new(algorithm, usedforsecurity=False)  # md5: what S3 gives as an ETag
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
+    for file in [path] if stat else sorted(p for p in path.rglob("*") if p.is_file()):
         if file != path:
             relative = file.relative_to(path)
             if relative.as_posix() == MARK:
@@ -62,24 +72,38 @@ def _registry() -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def record(path: Path) -> None:
-    """Remember that the lab wrote the file `path` as it is now (a folder carries its own mark: `write_folder`)."""
-    entries = {**_registry(), str(path): digest(path)}
-    with write_file(registry_path(), mark=False) as tmp:
-        tmp.write_text(json.dumps(entries, indent=0, sort_keys=True), encoding="utf-8")
+def _key(path: Path) -> str:  # a file's name in the registry: its folder's real path, and its own name (not resolved)
+    return str(Path(path).parent.resolve() / Path(path).name)
+
+
+def record(path: Path, sha: str) -> None:
+    """Remember that the lab wrote the file `path` with the sha256 `sha` (a folder carries its own mark)."""
+    registry = registry_path()
+    try:
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        with open(registry.with_name(registry.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held from the read to the write; released when the file closes
+            entries = {p: d for p, d in _registry().items() if os.path.isfile(p)}  # files gone since: forgotten
+            with write_file(registry) as tmp:
+                tmp.write_text(json.dumps({**entries, _key(path): sha}, indent=0, sort_keys=True), encoding="utf-8")
+    except OSError as exc:
+        what = f"{path} was written, but the lab's record of what it wrote ({registry}) cannot be updated: {exc}"
+        raise LabError(what, "make it a writable file, or set XDG_CACHE_HOME to a writable folder") from exc
 
 
 def owned(path: Path) -> bool:
     """True when the lab wrote `path` and nobody changed it since."""
     try:
-        recorded = (path / MARK).read_text(encoding="utf-8") if path.is_dir() else _registry().get(str(path))
+        recorded = (path / MARK).read_text(encoding="utf-8") if path.is_dir() else _registry().get(_key(path))
     except OSError:  # a folder without the lab's mark
         return False
     return recorded is not None and recorded == digest(path)
 
 
 def replaceable(path: Path) -> bool:
-    """True when nothing is at `path`, an empty folder, or what the lab wrote there, unchanged."""
+    """True when nothing is at `path`, an empty folder, or what the lab wrote there, unchanged (a symlink: never)."""
+    if path.is_symlink():  # the user's, wherever it points
+        return False
     return not path.exists() or owned(path) or (path.is_dir() and not any(path.iterdir()))
 
 
@@ -119,20 +143,21 @@ def check_output(
 
 
 def _ready(tmp: Path, target: Path, mark: bool, mode: int) -> None:
-    """Give `tmp` the user's usual permissions (tempfile's are private); check `target` is still the lab's."""
-    # checked once more at this moment: a file of the user's may have appeared there since `check_output` (a long run)
+    # `tmp` gets the user's usual permissions (tempfile's are private); `target` is checked once more at this moment
+    # (`mark`): a file of the user's may have appeared there since `check_output` (a long run)
     if mark and not replaceable(target):
-        raise LabError(f"{target} is not the lab's (it appeared while the lab worked, or changed): nothing replaced",
-                       "move it away, then run the command again")  # fmt: skip
+        raise LabError(f"{target} is there and is not the lab's (the lab did not write it, or it was changed since): "
+                       "nothing was replaced", "move it away, then run this again")  # fmt: skip
     umask = os.umask(0o22)
     os.umask(umask)
     os.chmod(tmp, mode & ~umask)
 
 
 @contextlib.contextmanager
-def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_file(target) as tmp:` write `tmp`, which becomes `target` (recorded as the lab's with `mark`)."""
+def write_file(path: str | os.PathLike) -> Iterator[Path]:
+    """`with write_file(target) as tmp:` write `tmp`, which becomes `target`, recorded as the lab's."""
     target = Path(path)
+    mark = target != registry_path()  # the registry: the one file not recorded in itself
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial" + target.suffix)
     os.close(fd)
@@ -142,16 +167,17 @@ def write_file(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on the disk before it takes the final name
         _ready(tmp, target, mark, 0o666)
+        sha = digest(tmp) if mark else ""
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     if mark:
-        record(target.resolve())
+        record(target, sha)
 
 
 @contextlib.contextmanager
-def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
-    """`with write_folder(target) as tmp:` fill `tmp`, which replaces `target` (recorded as the lab's with `mark`)."""
+def write_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """`with write_folder(target) as tmp:` fill `tmp`, which replaces `target`, marked as the lab's."""
     # the old folder is moved to a unique name first, and removed once the new one is in place
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +185,8 @@ def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
     old = None
     try:
         yield tmp
-        if mark:
-            (tmp / MARK).write_text(digest(tmp), encoding="utf-8")
-        _ready(tmp, target, mark, 0o777)
+        (tmp / MARK).write_text(digest(tmp), encoding="utf-8")
+        _ready(tmp, target, True, 0o777)
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
             os.replace(target, old / "x")
@@ -172,9 +197,9 @@ def write_folder(path: str | os.PathLike, mark: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, value: object, mark: bool = False) -> Path:
+def write_json(path: str | os.PathLike, value: object) -> Path:
     """Write a JSON file whole (see `write_file`)."""
-    with write_file(path, mark=mark) as tmp:
+    with write_file(path) as tmp:
         tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return Path(path)
 

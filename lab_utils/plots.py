@@ -14,7 +14,7 @@ MEGABATCH = 50  # batches the Trainer's `group_by_length` sorts together, longes
 
 def _save(fig, path) -> None:
     if path is not None:
-        with write_file(path, mark=False) as tmp:
+        with write_file(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 

@@ -43,6 +43,6 @@ def write_results_file(path: str | Path, columns: dict[str, list[str]], extra: d
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) != 1:
         raise LabError(f"results columns have different lengths: {lengths}", "pass one summary per test row")
-    with write_file(path, mark=False) as tmp:
+    with write_file(path) as tmp:
         pd.DataFrame({**(extra or {}), **columns}).to_csv(tmp, index=False)
     return Path(path)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import parse_s3_uri
 from .errors import LabError, disk_error
-from .files import digest, format_size, write_file
+from .files import check_output, digest, format_size, write_file
 
 # a few threads: transfers wait on the network, and the notebook's kernel shares the CPUs
 TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
@@ -126,6 +126,8 @@ def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
         todo = [(k, dest, head) for k, dest, head in jobs if not _matches(dest, head)]  # verified copies are kept
     if len(todo) < len(keys):
         print(f"{uri}: {len(keys) - len(todo)} of {len(keys)} file(s) skipped (already up to date) in {result}")
+    for _, dest, _ in todo:  # before any download: a file the user put there, or changed, stays as it is
+        check_output(dest, f"the download of {uri} to")
     probe = next(p for p in (local, *local.parents) if p.exists())  # the destination folder may not exist yet
     if (needed := sum(head["ContentLength"] for *_, head in todo)) > (free := shutil.disk_usage(probe).free):
         fix = "Free some space (e.g. delete old checkpoints under data/) or choose another local folder."
@@ -134,7 +136,7 @@ def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
         total=needed, unit="B", unit_scale=True, desc=f"pull {uri.rstrip('/').rsplit('/', 1)[-1]}", disable=not todo
     ) as bar:
         for k, dest, head in todo:
-            with _errors(s3, f"s3://{bucket}/{k}", dest), write_file(dest, mark=False) as tmp:
+            with _errors(s3, f"s3://{bucket}/{k}", dest), write_file(dest) as tmp:
                 s3.download_file(bucket, k, str(tmp), Config=TRANSFER, Callback=bar.update)
                 if not _matches(tmp, head):
                     fix = "Run this again; if it keeps failing, publish it again."

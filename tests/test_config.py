@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -93,6 +94,9 @@ BAD = [
     ("LAB_WORK_DIR", "README.md", "is a file"),
     ("LAB_EVAL_STEPS", "0", "at least 1"),
     ("LAB_MODEL_ID", "/no/such/model", "neither a model folder"),
+    ("LAB_DATA_DIR", "/no/data", "is not a folder (one with DialogSum's train.csv, validation.csv, test.csv)"),
+    ("LAB_DATA_DIR", "README.md", "is not a folder"),
+    ("LAB_DATA_DIR", "lab_utils", "has no train.csv, validation.csv, test.csv"),
 ]
 
 
@@ -126,14 +130,23 @@ def test_step_options_refuse_values_below_1(option, value, capsys):
     assert option in capsys.readouterr().err
 
 
-def test_a_bad_setting_in_a_real_process_prints_no_traceback(tmp_path):
-    env = {**os.environ, "LAB_PROFILE": "offline", "LAB_TRAIN_BATCH_SIZE": "0", "LAB_WORK_DIR": str(tmp_path)}
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "what"),
+    [
+        ("instructor", "LAB_TRAIN_BATCH_SIZE", "0", "=0 must be a whole number of at least 1"),
+        ("settings", "LAB_DATA_DIR", "/no/data", "='/no/data' is not a folder (one with DialogSum's train.csv, v"),
+    ],
+)
+def test_a_bad_setting_in_a_real_process_prints_no_traceback(command, variable, value, what, tmp_path):
+    env = {**os.environ, "LAB_PROFILE": "offline", variable: value, "LAB_WORK_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "lab_utils", "instructor"], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT
+        [sys.executable, "-m", "lab_utils", command], env=env, capture_output=True, text=True, cwd=PROJECT_ROOT
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[0] == "error: `LAB_TRAIN_BATCH_SIZE`=0 must be a whole number of at least 1"
+    error, fix = proc.stderr.strip().splitlines()  # one message: what is wrong, and the fix
+    assert proc.returncode == 2 and error.startswith(f"error: `{variable}`{what}") and not proc.stdout
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    example = str(ast.literal_eval(fix.split("e.g. ")[1]))  # the fix is itself a valid value
+    assert load_settings(environ={"LAB_PROFILE": "offline", variable: example}).offline
 
 
 def test_hub_id_never_becomes_a_local_folder(tmp_path, monkeypatch, capsys):

@@ -3,12 +3,14 @@ wrote it and nobody changed it since."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 
 import pytest
 
 from lab_utils.errors import LabError
-from lab_utils.files import PROJECT_ROOT, check_output, digest, owned, write_file, write_folder
+from lab_utils.files import PROJECT_ROOT, check_output, digest, owned, registry_path, write_file, write_folder
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +97,7 @@ def test_what_appears_during_the_work_or_inside_the_lab_s_folder_is_the_user_s(t
         target.mkdir()  # a user's folder, made while the lab worked
         (target / "thesis.txt").write_text("mine")
     assert [p.name for p in target.iterdir()] == ["thesis.txt"]
-    with write_folder(tmp_path / "ours") as tmp, write_file(tmp / "weights", mark=False) as weights:
+    with write_folder(tmp_path / "ours") as tmp, write_file(tmp / "weights") as weights:
         weights.write_text("ours")
     (tmp_path / "ours" / ".notes").write_text("a hidden file of the user's")
     with pytest.raises(LabError):
@@ -113,3 +115,53 @@ def test_digest_changes_with_any_byte_or_name(tmp_path):
     second = digest(tmp_path)
     os.rename(tmp_path / "a", tmp_path / "b")
     assert len({first, second, digest(tmp_path)}) == 3
+
+
+def write_twenty(folder, name):
+    for i in range(20):
+        with write_file(folder / f"{name}-{i}") as tmp:
+            tmp.write_text(name)
+
+
+def test_lab_processes_finishing_at_once_all_keep_their_records(tmp_path):
+    processes = [multiprocessing.Process(target=write_twenty, args=(tmp_path, name)) for name in "ab"]
+    [p.start() for p in processes] + [p.join() for p in processes]
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert all(owned(path) for path in tmp_path.glob("[ab]-*")) and len(list(tmp_path.glob("[ab]-*"))) == 40
+
+
+@pytest.mark.parametrize("broken", ["corrupt", "a folder", "under a file"])
+def test_a_broken_registry_never_costs_a_user_s_file(broken, tmp_path, monkeypatch):
+    with write_file(tmp_path / "ours.csv") as tmp:
+        tmp.write_text("ours")
+    (tmp_path / "mine.csv").write_text("mine")
+    if broken == "under a file":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "mine.csv"))
+    else:
+        registry_path().unlink()
+        registry_path().mkdir() if broken == "a folder" else registry_path().write_text("{not json")
+    for name in ("ours.csv", "mine.csv"):  # what the registry no longer vouches for is the user's
+        with pytest.raises(LabError, match="not the lab.s"), write_file(tmp_path / name) as tmp:
+            tmp.write_text("new")
+    if broken == "corrupt":  # started again, with what is written from now on
+        with write_file(tmp_path / "new.csv") as tmp:
+            tmp.write_text("new")
+        assert owned(tmp_path / "new.csv") and list(json.loads(registry_path().read_text())) == [
+            str(tmp_path.resolve() / "new.csv")
+        ]
+    else:  # written, and said in one message that it could not be recorded
+        with pytest.raises(LabError, match="cannot be updated"), write_file(tmp_path / "new.csv") as tmp:
+            tmp.write_text("new")
+    assert [(tmp_path / n).read_text() for n in ("ours.csv", "mine.csv")] == ["ours", "mine"]
+
+
+def test_a_symlink_at_the_target_is_the_user_s(tmp_path):
+    with write_file(tmp_path / "ours.csv") as tmp:
+        tmp.write_text("ours")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "ours.csv")  # even to a file of the lab's
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere")
+    for name in ("link.csv", "dangling.csv"):
+        with pytest.raises(LabError, match="not the lab.s"), write_file(tmp_path / name) as tmp:
+            tmp.write_text("new")
+        assert (tmp_path / name).is_symlink()
+    assert (tmp_path / "ours.csv").read_text() == "ours" and not (tmp_path / "nowhere").exists()

@@ -17,6 +17,7 @@ from lab_utils.backstage.instructor import resume_point, run_dir, run_instructor
 from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from lab_utils.config import RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
+from lab_utils.files import MARK, write_file
 from lab_utils.results_file import RESULTS_COLUMNS, TOPIC_COLUMNS, read_results_file
 
 STAGE_FOLDERS = (FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT)
@@ -43,10 +44,15 @@ def trained_run(tmp_path_factory, data_dir, standin_dir):
     return run_instructor(tiny(tmp_path_factory.mktemp("trained"), data_dir, standin_dir, "x"), False, False)
 
 
+def copy_as_the_lab(source, dest):  # what the lab writes at `dest` is recorded as its own (a copy is not)
+    with write_file(dest) as tmp:
+        shutil.copy2(source, tmp)
+
+
 @pytest.fixture
 def finished(tiny_settings, trained_run):
-    """`tiny_settings`' run folder holding a copy of the finished run (the same identities: nothing to redo)."""
-    shutil.copytree(trained_run, run_dir(tiny_settings))
+    """`tiny_settings`' run folder holding the lab's copy of the finished run (the same identities: nothing to redo)."""
+    shutil.copytree(trained_run, run_dir(tiny_settings), copy_function=copy_as_the_lab)
     return run_dir(tiny_settings)
 
 
@@ -90,7 +96,7 @@ def test_a_rerun_reuses_everything_and_publishes_once(finished, tiny_settings, l
 
     run_instructor(tiny_settings, progress=False)
     full = pull(tiny_settings.s3(FULL_CHECKPOINT + "/"), tmp_path / "pulled" / FULL_CHECKPOINT)
-    assert snapshot(full) == snapshot(finished / FULL_CHECKPOINT)
+    assert snapshot(full) == {k: v for k, v in snapshot(finished / FULL_CHECKPOINT).items() if k != MARK}  # unpublished
     files, objects = snapshot(finished), published(tiny_settings)
     assert len(objects) >= 5
     run_instructor(tiny_settings, progress=False)
@@ -227,6 +233,18 @@ def test_the_committed_release_s_own_run_is_released_and_verifies(tmp_path, monk
     assert cli(*args, str(tmp_path / "trial")) == 0  # its own earlier release: replaced
     (tmp_path / "trial" / "notes.txt").write_text("mine\n")
     assert cli(*args, str(tmp_path / "trial")) == 2 and (tmp_path / "trial" / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("mine", [f"{FULL_CHECKPOINT}/notes.txt", f"{PEFT_CHECKPOINT}/.notes", RESULTS_FILE])
+def test_a_user_s_file_among_the_run_s_outputs_stops_the_instructor(mine, finished, tiny_settings, monkeypatch, capsys):
+    with open(finished / mine, "a") as f:
+        f.write("mine\n")
+    before = snapshot(finished)
+    code = cli(monkeypatch, tiny_settings.work_dir, tiny_settings.model_id, tiny_settings.data_dir,
+               "instructor", "--no-upload", "--full-steps", "5")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "did not write" in err and mine.split("/")[0] in err and "Traceback" not in err, err
+    assert snapshot(finished) == before
 
 
 def test_build_model_refuses_a_folder_it_did_not_write(tmp_path, monkeypatch, data_dir, standin_dir, capsys):

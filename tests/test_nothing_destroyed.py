@@ -68,9 +68,11 @@ def test_run_checks_the_parameters_before_the_kernel_starts(parameter, tmp_path,
 @pytest.mark.slow
 def test_run_shows_the_failing_cell_and_its_lab_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAB_PROFILE", "offline")
-    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "no-dialogsum"))
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.csv").write_text("text\nhello\n")  # DialogSum's files, not its columns
     err = refused(main(["run", "--output", str(tmp_path / "x.ipynb")]), capsys)
-    assert "cell 'dataset'" in err and "no-dialogsum' is not a folder" in err
+    assert "cell 'dataset'" in err and "lacks column(s) id, dialogue, summary, topic" in err
     assert (tmp_path / "x.ipynb").is_file()  # the executed copy, up to the failing cell
 
 

@@ -69,8 +69,14 @@ def test_round_trips_and_second_transfers_skip(tmp_path, bucket, capsys):
     assert pull(uri + "config.json", tmp_path / "c.json").read_bytes() == (ckpt / "config.json").read_bytes()
     assert pull(uri + "sub/tokenizer.json", tmp_path) == tmp_path / "tokenizer.json"
 
-    # a local copy with the right size but other bytes is not "up to date"
-    (back / "sub" / "tokenizer.json").write_bytes(os.urandom(500))
+    # a copy changed since the pull is the user's: refused before any download, untouched; the lab's is replaced
+    (back / "sub" / "tokenizer.json").write_bytes(mine := os.urandom(500))
+    with pytest.raises(LabError, match="did not write"):
+        pull(uri, back)
+    assert (back / "sub" / "tokenizer.json").read_bytes() == mine
+    (back / "sub" / "tokenizer.json").unlink()
+    (ckpt / "config.json").write_text('{"d_model": 64}')  # published again, with other bytes
+    push(ckpt, uri)
     pull(uri, back)
     assert files(back) == files(ckpt) and not temporaries(tmp_path)
 
@@ -98,7 +104,7 @@ def test_without_the_lab_s_sha256_the_md5_etag_checks_and_a_wrong_sha256_is_refu
     data = os.urandom(3000)
     put(bucket, "public/m.bin", data)  # as in the course's bucket: no metadata, a plain MD5 ETag
     assert (dest := pull(f"s3://{bucket}/public/m.bin", tmp_path / "m.bin")).read_bytes() == data
-    dest.write_bytes(os.urandom(3000))  # same size, other bytes: the MD5 tells
+    put(bucket, "public/m.bin", data := os.urandom(3000))  # published again: same size, other bytes: the MD5 tells
     assert pull(f"s3://{bucket}/public/m.bin", dest).read_bytes() == data
 
     put(bucket, "m.bin", b"the bytes", Metadata={"sha256": hashlib.sha256(b"other bytes").hexdigest()})

@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             report["goals"].append({"question": q, "goal": what, "measured": figure, "met": met})
             print(f"   goal: {what}: {name} {op} {threshold:g}x, measured {figure:.2f}x: {'met' if met else 'NOT met'}")
         if output:
-            write_json(output, report, mark=True)
+            write_json(output, report)
             print(f"\nReport: {output}")
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,7 +42,7 @@ from ..config import PROJECT_ROOT, Settings, looks_like_hub_id
 from ..devices import best_device, resolve_precision
 from ..engines import prepare_for_inference
 from ..errors import LabError
-from ..files import digest_of, write_folder, write_json
+from ..files import check_output, digest_of, write_folder, write_json
 from ..models import check_adapter_dir, check_model_dir, fingerprint
 from ..results_file import write_results_file
 from ..s3 import check_publish_target, upload_folder
@@ -212,7 +212,7 @@ def train_stage(stage: Stage, settings: Settings, out: Path, world: dict, identi
                 "nothing was saved",
                 f"lower `LAB_{stage.recipe.upper()}_LR` (the learning rate that diverged) and run it again",
             )
-    with write_folder(out / stage.folder, mark=False) as tmp:  # offline (the release is in git): fp16 on disk
+    with write_folder(out / stage.folder) as tmp:  # offline (the release is in git): fp16 on disk
         trainer.model.to("cpu", torch.float16 if settings.offline else None).save_pretrained(tmp)  # loaded as fp32
         if stage.name == "full":  # a full checkpoint carries its tokenizer; an adapter is only the adapter
             world["tokenizer"].save_pretrained(tmp)
@@ -245,6 +245,8 @@ def run_instructor(settings: Settings, upload: bool = True, progress: bool = Tru
         local_s3_for(settings)  # offline: the local S3 server (one named by AWS_ENDPOINT_URL_S3, or this process's)
         check_publish_target(settings)  # before hours of training, not after
     out = run_dir(settings)
+    for name in PUBLISHED:  # before any work: an output the user put there or changed stops the command, untouched
+        check_output(out / name, "the instructor's output", folder=name not in (RESULTS_FILE, TOPIC_RESULTS_FILE))
     if not looks_like_hub_id(source := settings.model_path_or_id):  # a local folder: check it before loading
         check_model_dir(source, fix="check `LAB_MODEL_ID`, or build the stand-in: `python -m lab_utils build-model`")
     original = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=torch.float32)

@@ -16,7 +16,7 @@ from ..checkpoints import FULL_CHECKPOINT, RESULTS_FILE, TOPIC_RESULTS_FILE
 from ..config import PROJECT_ROOT, RELEASE_DIR, Settings
 from ..data import load_dialogsum
 from ..errors import LabError
-from ..files import digest, write_folder, write_json
+from ..files import MARK, digest, write_folder, write_json
 from ..models import check_adapter_dir, check_model_dir, fingerprint, read_json
 from ..results_file import TOPIC_COLUMNS, read_results_file
 from ..s3 import upload_folder
@@ -99,6 +99,8 @@ def make_release(settings: Settings, made_by: str, build_seconds: float | None =
         shutil.copytree(settings.model_path_or_id, tmp / STANDIN, ignore=shutil.ignore_patterns(".*"))  # no marks
         for name in PUBLISHED:
             (shutil.copytree if (run / name).is_dir() else shutil.copy2)(run / name, tmp / name)
+        for mark in tmp.glob(f"*/{MARK}"):  # the stages' marks: the release carries one, its own
+            mark.unlink()
         name_the_release_base(tmp, base.relative_to(PROJECT_ROOT).as_posix() if base.is_relative_to(PROJECT_ROOT)
                               else str(base))  # fmt: skip
         files = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith("."))
