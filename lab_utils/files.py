@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -22,6 +21,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import LabError
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: there the registry is written without the lock
+    fcntl = None
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARK = ".lab-written"  # in a folder the lab wrote: the digest of the rest of the folder
@@ -82,7 +86,8 @@ def record(path: Path, sha: str) -> None:
     try:
         registry.parent.mkdir(parents=True, exist_ok=True)
         with open(registry.with_name(registry.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # held from the read to the write; released when the file closes
+            if fcntl:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held from the read to the write; released when the file closes
             entries = {p: d for p, d in _registry().items() if os.path.isfile(p)}  # files gone since: forgotten
             with write_file(registry) as tmp:
                 tmp.write_text(json.dumps({**entries, _key(path): sha}, indent=0, sort_keys=True), encoding="utf-8")

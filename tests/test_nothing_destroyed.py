@@ -269,3 +269,24 @@ def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
     if scores:
         with pytest.raises(LabError, match=words):
             improvement(next(iter(scores.values())), {"rouge1": 0, "rouge2": 0, "rougeL": 0, "rougeLsum": 0})
+
+
+def test_the_notebook_writes_its_folders_only_through_write_folder():
+    """Each save_pretrained / CTranslate2 conversion of the notebook writes into a `write_folder` temporary folder, so a
+    folder of the user's at that place is refused (files.write_folder, tested in test_files), never written into."""
+    from notebook import code_cells
+
+    writes = 0
+    for cell_id, cell in code_cells().items():
+        lines = "".join(cell["source"]).splitlines()
+        for i, line in enumerate(lines):
+            if ".save_pretrained(" in line or ".convert(" in line:
+                writes += 1
+                opening = next(lines[j] for j in range(i - 1, -1, -1) if not lines[j].startswith(" "))
+                assert opening.startswith("with write_folder(") and "(folder" in line.replace(
+                    "str(folder", "(folder"
+                ), (
+                    cell_id,
+                    line,
+                )
+    assert writes == 4  # the adapter, the merged model and its tokenizer, the CTranslate2 conversion
