@@ -71,6 +71,9 @@ def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_art
     cells = code_cells(out)
     errors = [o for c in cells.values() for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors
+    from in_jupyterlab import stderr_problems  # what would show as a pink box in JupyterLab: none but progress bars
+
+    assert not (boxes := {cell_id: p for cell_id, c in cells.items() if (p := stderr_problems(c))}), boxes
     assert "PROFILE: COURSE" in output_text(cells["settings"])
     # the course's checkpoint (pytorch_model.bin) and adapter (adapter_model.bin, peft 0.3 config) loaded
     assert "pytorch_model.bin" in {p.name for p in (tmp_path / "work" / "course" / "pulled").rglob("*")}
