@@ -1,8 +1,8 @@
 """The course profile, proven without the Hub or AWS."""
 
-# the whole notebook runs with `LAB_PROFILE=course` against the course's artifacts in the course's formats
-# (tests/course_world.py), served by a local S3 server under the course's bucket name; and the course's results file is
-# found where the course keeps it.
+# the whole notebook runs (`python -m lab_utils run`) with `LAB_PROFILE=course` against the course's artifacts in the
+# course's formats (tests/course_world.py), served by a local S3 server under the course's bucket name; and the course's
+# results file is found where the course keeps it.
 
 from __future__ import annotations
 
@@ -56,18 +56,11 @@ def course_environment(monkeypatch, work) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not DIALOGSUM.is_dir(), reason=f"needs DialogSum in {DIALOGSUM}")
 def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_artifacts, monkeypatch, tmp_path):
-    import papermill
+    from lab_utils.__main__ import main
 
     course_environment(monkeypatch, tmp_path / "work")
     out = tmp_path / "course.ipynb"
-    papermill.execute_notebook(
-        str(PROJECT_ROOT / "lab2_fine_tune_peft.ipynb"),
-        str(out),
-        parameters={"EVAL_DIALOGUES": 3},
-        cwd=str(PROJECT_ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    assert main(["run", "-p", "EVAL_DIALOGUES", "3", "--output", str(out)]) == 0  # the README's `run`, papermill
     cells = code_cells(out)
     errors = [o for c in cells.values() for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors
