@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -31,8 +32,15 @@ from lab_utils.__main__ import EXECUTED, NOTEBOOK  # noqa: E402
 from lab_utils.files import write_file  # noqa: E402
 
 SHOTS = EXECUTED.parent / "screenshots"
-# tqdm's text bar ("Map: 100%|####| 12/12 [00:00<00:00, 99 examples/s]"), as a library without widgets prints it
-PROGRESS = re.compile(r"^.*(\d+%\|.*\|\s*\d+/\d+|\d+(it| \w+))\s*\[[\d:<?]+.*\]\s*$")
+# tqdm's text bar ("Map: 100%|####| 12/12 [00:00<00:00, 99 examples/s]", "12it [00:01, 9.00it/s, loss=1]"), as a
+# library without widgets prints it: the bracket must be tqdm's (elapsed, then <remaining or nothing, then ", rate"), so
+# that a message ending in "3 rows [0, 1, 2]" or "2 keys [00:00 listed]" is a stderr problem, not a bar
+PROGRESS = re.compile(
+    r"^.*(\d+%\|.*\|\s*\d+/\d+|\d+(it| \w+))\s*"  # the bar and count, or the count alone
+    r"\[(\d+:)?\d\d:\d\d(<((\d+:)?\d\d:\d\d|\?))?, [^\]]*\]\s*$"  # [elapsed<remaining, rate]
+)
+# how the notebook's handler (errors.install_notebook_handler) shows a LabError: printed, no error output
+LAB_ERROR = re.compile(r"^LabError: ", re.M)
 STATE = """const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
 if (!panel || !panel.content || !panel.sessionContext.session) return null;
 const cells = panel.content.widgets;
@@ -71,9 +79,17 @@ def start_jupyterlab(url: str, token: str, home: Path, log) -> subprocess.Popen:
             return server
         except OSError:
             if server.poll() is not None:
-                raise SystemExit(f"JupyterLab exited ({server.returncode}): see {log.name}") from None
+                raise SystemExit(f"JupyterLab exited ({server.returncode}); its log:\n{log_tail(log)}") from None
             time.sleep(0.5)
-    raise SystemExit(f"JupyterLab did not answer at {url} within 60 s: see {log.name}")
+    server.terminate()
+    server.wait(30)
+    raise SystemExit(f"JupyterLab did not answer at {url} within 60 s; its log:\n{log_tail(log)}")
+
+
+def log_tail(log) -> str:
+    """The end of JupyterLab's log (its folder goes when this script exits: the text goes in the message)."""
+    log.flush()
+    return Path(log.name).read_text(errors="replace")[-4000:]
 
 
 def chromium(profile: Path):
@@ -142,6 +158,8 @@ def check(driver, notebook: dict, state: dict) -> list[str]:
             failures.append(f"{name}: not executed")
         failures += [f"{name}: {o['ename']}: {o['evalue']}" for o in outputs if o["output_type"] == "error"]
         failures += [f"{name}: stderr: {line[:200]}" for line in stderr_problems(cell)]
+        printed = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
+        failures += [f"{name}: {line[:200]}" for line in printed.splitlines() if LAB_ERROR.match(line)]
         widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
         figure = "figure" in cell.get("metadata", {}).get("tags", [])
         if not widgets and not figure:
@@ -181,6 +199,12 @@ CANARY = [  # (cell source, tags, what check() must say of it): the checks thems
     ('print("no picture")', ["figure"], "a figure cell shows 0 images"),
     ('display({"application/vnd.jupyter.widget-view+json": {"model_id": "gone", "version_major": 2,'
      ' "version_minor": 0}}, raw=True)', [], "a widget did not display"),
+    ('import sys\n\nprint("WARNING: dropped 3 rows [0, 1, 2]", file=sys.stderr)', [], "stderr: "),
+    ('print("Loaded 2 keys [00:00 listed below]", file=__import__("sys").stderr)', [], "stderr: "),
+    ('import sys\n\nprint("12it [00:01, 9.00it/s, loss=1.2]", file=sys.stderr)', [], None),
+    # a LabError shows as printed text alone (no error output): shown as a raised one is, without stopping Run All
+    ('from lab_utils.errors import LabError, install_notebook_handler\n\ninstall_notebook_handler()\n'
+     'get_ipython().CustomTB(LabError, LabError("a lab error", "fix it"), None)', [], "LabError: a lab error"),
     ("1 / 0", [], "ZeroDivisionError"),
     ('print("after the error")', [], "not executed"),
 ]  # fmt: skip
@@ -223,6 +247,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=1800, help="seconds Run All may take")
     args = parser.parse_args()
+    # a CI timeout (SIGTERM) ends this script through its cleanup: no JupyterLab, kernel or notebook copy left behind
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started, t0 = datetime.now(timezone.utc), time.time()
     with tempfile.TemporaryDirectory(prefix="lab-jupyterlab-") as home:
         home = Path(home)
