@@ -27,6 +27,13 @@ def installed(name: str) -> str | None:
         return None
 
 
+def extras_installed(name: str, extras: str) -> bool:
+    """True when every package that `name`'s extras (e.g. "server") ask for is installed."""
+    wanted = {e.strip() for e in extras.split(",") if e.strip()}
+    needs = [r for r in metadata.requires(name) or [] if any(re.search(rf"extra == .{e}.", r) for e in wanted)]
+    return all(installed(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in needs)
+
+
 def pip(*args: str) -> None:
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
     if subprocess.run(command).returncode != 0:
@@ -36,22 +43,28 @@ def pip(*args: str) -> None:
 
 def install_requirements(path: str | Path = "requirements.txt") -> None:
     """Install what is missing or at another version; say what is kept and how much there is to download."""
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)(?:\[\w+\])?==([^\s;#]+)", Path(path).read_text(), re.M))
-    missing = [name for name, version in pins.items() if installed(name) != version]
+    found = re.findall(r"^([A-Za-z0-9_.-]+)(?:\[([\w,\s]+)\])?==([^\s;#]+)", Path(path).read_text(), re.M)
+    pins = {name: version for name, _, version in found}
+    # a package with extras (moto[server]) counts as missing while a package its extras need is not installed
+    missing = [
+        name for name, extras, version in found if installed(name) != version or not extras_installed(name, extras)
+    ]
     torch = installed("torch")
+    gpu = shutil.which("nvidia-smi") is not None
     if torch == pins["torch"]:
-        print(f"torch {metadata.version('torch')}: the version the lab is tested with, kept")
+        cpu_only = gpu and "+cpu" in metadata.version("torch")
+        print(f"torch {metadata.version('torch')}: the version the lab is tested with, kept"
+              + (" (a CPU build: it will not use this machine's GPU)" if cpu_only else ""))  # fmt: skip
     else:
-        gpu = shutil.which("nvidia-smi") is not None
         build = "torch-cuda" if gpu else "torch-cpu"
         now = f"{torch} is not the tested version" if torch else "is not installed"
         print(f"torch {now}: installing torch {pins['torch']}, the {build[6:].upper()} build "
               f"(about {DOWNLOAD_MB[build]:,} MB to download)")  # fmt: skip
         pip(f"torch=={pins['torch']}", *([] if gpu else ["--index-url", CPU_INDEX]))
-    rest = [name for name in missing if name != "torch"]
-    if not rest:
+    if rest := [name for name in missing if name != "torch"]:
+        print(f"installing {', '.join(rest)} (at most about {DOWNLOAD_MB['rest']} MB to download, with what they need)")
+        pip("-r", str(path))
+    else:
         print(f"the other {len(pins) - 1} pinned packages are installed: nothing to download")
-        return
-    print(f"installing {', '.join(rest)} (at most about {DOWNLOAD_MB['rest']} MB to download, with what they need)")
-    pip("-r", str(path))
-    print("installed; where a package the kernel had already imported was replaced: Kernel > Restart, then go on")
+    if missing:
+        print("installed; where a package the kernel had already imported was replaced: Kernel > Restart, then go on")

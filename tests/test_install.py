@@ -46,3 +46,14 @@ def test_a_failed_pip_is_one_message(monkeypatch):
 def test_requirements_hold_no_test_tool():
     pins = (Path(__file__).parent.parent / "requirements.txt").read_text().lower()
     assert not any(f"\n{tool}" in pins for tool in ("pytest", "ruff", "nbval", "papermill", "jupyterlab", "selenium"))
+
+
+def test_a_package_whose_extra_lacks_a_package_is_installed(monkeypatch, capsys):
+    import re
+
+    pins = dict(re.findall(r"^([\w.-]+)(?:\[\w+\])?==(\S+)", Path("requirements.txt").read_text(), re.M))
+    monkeypatch.setattr(install, "installed", lambda name: None if name.lower() == "flask" else pins.get(name, "1"))
+    calls = []
+    monkeypatch.setattr(install, "pip", lambda *args: calls.append(args))
+    install.install_requirements("requirements.txt")  # moto is at its pin, but moto[server]'s flask is missing
+    assert calls == [("-r", "requirements.txt")] and "installing moto " in capsys.readouterr().out
