@@ -27,21 +27,24 @@ def disk_error(exc: BaseException, where: object, also: str = "") -> LabError | 
     return LabError(f"cannot write {where}: {exc.strerror}", DISK_ERRORS[exc.errno] + (f", {also}" if also else ""))
 
 
-def install_notebook_handler() -> None:
-    """In IPython, show a `LabError` as its message alone instead of a deep traceback; two library notes silenced."""
+def quiet_library_notes() -> None:
+    """Silence two library notes a learner cannot act on (JupyterLab shows them as pink boxes with a file path)."""
     import logging
     import warnings
 
-    from IPython import get_ipython
-
-    # Notes a learner cannot act on, which JupyterLab shows as pink boxes with the library's file path. The course's
-    # adapter was saved by peft 0.3, whose LoraConfig had `enable_lora` and `merge_weights`: peft 0.21 ignores them (as
-    # it should) and warns at every load that the adapter may come from a newer peft.
+    # The course's adapter was saved by peft 0.3, whose LoraConfig had `enable_lora` and `merge_weights`: peft 0.21
+    # ignores them (as it should) and warns at every load that the adapter may come from a newer peft.
     warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['enable_lora', 'merge_weights'\]")
     # With gradient checkpointing (the course profile) T5 says once that it turns off generation's key/value cache
     # during training: it always does, and training never uses that cache.
     logging.getLogger("transformers.models.t5.modeling_t5").addFilter(lambda r: "use_cache=True" not in r.getMessage())
 
+
+def install_notebook_handler() -> None:
+    """In IPython, show a `LabError` as its message alone instead of a deep traceback; library notes quieted."""
+    from IPython import get_ipython
+
+    quiet_library_notes()
     if get_ipython() is not None:
         get_ipython().set_custom_exc(
             (LabError,), lambda shell, etype, value, tb, tb_offset=None: print(f"LabError: {value}")

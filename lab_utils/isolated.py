@@ -35,6 +35,9 @@ def _child(conn, fn: Callable[..., dict], kwargs: dict, threads: int | None, flu
     try:
         import torch
 
+        from .errors import quiet_library_notes
+
+        quiet_library_notes()  # as in the notebook: the child's stderr is the kernel's
         if threads:
             torch.set_num_threads(threads)
         # random weights make the backward pass produce denormal floats, which x86 CPUs compute in slow microcode
