@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LabError
+from .files import PROJECT_ROOT, lab_source
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RELEASE_DIR = Path(__file__).resolve().parent / "backstage" / "release"  # the offline profile's trained artifacts
+RELEASE_DIR = PROJECT_ROOT / "lab_utils" / "backstage" / "release"  # the offline profile's trained artifacts
 PROFILES = ("course", "offline")
 SPLITS = ("train", "validation", "test")  # DialogSum's, each a CSV in a local copy (`data_dir`)
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit numbers
@@ -219,8 +219,6 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
     if name == "data_dir" and value and value != example and (problem := dialogsum_problem(path)):
         return problem, example
     if name == "work_dir":
-        from .files import lab_source
-
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or lab_source(path):
             return "is a file (or lies in one), or lies in the lab's own files", example
@@ -240,8 +238,7 @@ def check_settings(settings: Settings) -> Settings:
     for f in dataclasses.fields(settings):
         if f.name in ("profile", "profile_reason"):
             continue
-        value = getattr(settings, f.name)
-        problem, example = _problem(settings, f.name, value)
+        problem, example = _problem(settings, f.name, value := getattr(settings, f.name))
         if problem:
             env = "LAB_" + f.name.upper()
             fix = f"set `{env}` (or the matching notebook parameter) to a valid value, e.g. {example!r}"
@@ -305,12 +302,9 @@ def load_settings(profile: str | None = None, environ: dict[str, str] | None = N
     name, reason = choose_profile(profile)
     defaults = profile_defaults(name)
     known = {"LAB_" + k.upper() for k in defaults} | {"LAB_PROFILE"}
-    unknown = sorted(k for k in env if k.startswith("LAB_") and k not in known)
-    if unknown:
+    if unknown := sorted(k for k in env if k.startswith("LAB_") and k not in known):
         raise LabError(f"unknown setting `{unknown[0]}`", "remove it or use one of: " + ", ".join(sorted(known)))
-    values = {
-        k: _parsed(k, env[f"LAB_{k.upper()}"], d) if f"LAB_{k.upper()}" in env else d for k, d in defaults.items()
-    }
+    values = {k: _parsed(k, env[e], d) if (e := f"LAB_{k.upper()}") in env else d for k, d in defaults.items()}
     values.update({k: _typed(k, v, defaults) for k, v in overrides.items()})
     return check_settings(Settings(profile=name, profile_reason=reason, **values))
 

@@ -28,17 +28,9 @@ def check_dialogues(dialogues) -> list[str]:
     return dialogues
 
 
-def summarize(
-    model,
-    tokenizer,
-    dialogues: str | Sequence[str],
-    settings,
-    gen_kwargs: dict | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
-    desc: str = "Summarizing",
-    prompt: Callable[[str], str] | None = None,
-) -> list[str]:
+def summarize(model, tokenizer, dialogues: str | Sequence[str], settings, gen_kwargs: dict | None = None,
+              batch_size: int | None = None, progress: bool = True, desc: str = "Summarizing",
+              prompt: Callable[[str], str] | None = None) -> list[str]:  # fmt: skip
     """Summaries of `dialogues` with the instruction prompt (or `prompt`), greedy (or `gen_kwargs`), as the course."""
     # prompts are truncated at max_source_length, as in training; each distinct dialogue is generated once (the test
     # split repeats each three times), longest first in batches of eval_batch_size, so that a batch pads little
