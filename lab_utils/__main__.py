@@ -62,9 +62,8 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     failure = None
     with write_file(output) as tmp:
         try:
-            papermill.execute_notebook(
-                str(NOTEBOOK), str(tmp), parameters=values, cwd=str(PROJECT_ROOT), progress_bar=sys.stderr.isatty()
-            )
+            papermill.execute_notebook(str(NOTEBOOK), str(tmp), parameters=values, cwd=str(PROJECT_ROOT),
+                                       progress_bar=sys.stderr.isatty())  # fmt: skip
         except PapermillExecutionError as exc:
             failure = exc, failed_cell(tmp, exc)
     if failure:

@@ -65,11 +65,9 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
     try:
         return load_dataset(settings.dataset)
     except (OSError, ConnectionError, HfHubHTTPError, OfflineModeIsEnabled, FileNotFoundError) as exc:
-        raise LabError(
-            f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc})",
-            "check the network and the dataset id, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
-        ) from exc
+        fix = "check the network and the dataset id, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)"
+        raise LabError(f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub "
+                       f"({type(exc).__name__}: {exc})", fix) from exc  # fmt: skip
 
 
 def split_sizes(dataset: DatasetDict) -> dict[str, int]:

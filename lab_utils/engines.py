@@ -62,9 +62,8 @@ def load_ctranslate2(folder: str | Path, tokenizer, quantization: str) -> CTrans
     """A converted folder on the CPU, with as many threads as torch uses."""
     import ctranslate2
 
-    translator = ctranslate2.Translator(
-        str(folder), device="cpu", compute_type=CT2_COMPUTE_TYPE[quantization], intra_threads=torch.get_num_threads()
-    )
+    translator = ctranslate2.Translator(str(folder), device="cpu", compute_type=CT2_COMPUTE_TYPE[quantization],
+                                        intra_threads=torch.get_num_threads())  # fmt: skip
     return CTranslate2Model(translator, tokenizer)
 
 

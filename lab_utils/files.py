@@ -119,9 +119,8 @@ def lab_source(path: Path) -> Path | None:
     return None
 
 
-def check_output(
-    path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (), allowed: Path | None = None
-) -> Path:
+def check_output(path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (),
+                 allowed: Path | None = None) -> Path:  # fmt: skip
     """The absolute target (symlinks resolved), refused before any work when it is not the lab's to write."""
     # refused: an input, the lab's sources (but `allowed`), a file or folder the lab did not write (or that was changed
     # since), an unwritable place

@@ -26,11 +26,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def parameter_report(model: torch.nn.Module) -> str:
     """The course's three-line report: trainable, all, and percentage of trainable parameters."""
     trainable, total = count_parameters(model)
-    return (
-        f"trainable model parameters: {trainable:,}\n"
-        f"all model parameters: {total:,}\n"
-        f"percentage of trainable model parameters: {100 * trainable / total:.2f}%"
-    )
+    return (f"trainable model parameters: {trainable:,}\nall model parameters: {total:,}\n"
+            f"percentage of trainable model parameters: {100 * trainable / total:.2f}%")  # fmt: skip
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -75,9 +72,8 @@ def non_finite(tensors: dict) -> list[str]:
     return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def check_model_dir(
-    folder: str | Path, fix: str = "pull (or train) the checkpoint again", finite: bool = False
-) -> Path:
+def check_model_dir(folder: str | Path, fix: str = "pull (or train) the checkpoint again",
+                    finite: bool = False) -> Path:  # fmt: skip
     """Check that a transformers checkpoint folder has a readable config and whole weights (`finite`: and no NaN)."""
     folder = Path(folder)
     if not folder.is_dir():

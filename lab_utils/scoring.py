@@ -44,9 +44,8 @@ def compute_rouge(predictions, references, rouge=None) -> dict[str, float]:
     """Mean ROUGE F-measure per metric (stemming on), as the course reported it; a reference may be a list."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references) or not predictions:
-        raise LabError(
-            f"{len(predictions)} predictions for {len(references)} references", "pass one prediction per reference"
-        )
+        raise LabError(f"{len(predictions)} predictions for {len(references)} references",
+                       "pass one prediction per reference")  # fmt: skip
     rouge = rouge or local_rouge()
     return mean_scores(rouge.compute(predictions=predictions, references=references, use_aggregator=False,
                                      use_stemmer=True))  # fmt: skip

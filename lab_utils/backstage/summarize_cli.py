@@ -45,9 +45,8 @@ def read_input_bytes(source: str) -> tuple[bytes, str]:
 def decode(data: bytes, name: str, encoding: str | None = None) -> str:
     """Text from bytes: `encoding` if given, else by its byte-order mark (UTF-8/16/32), else UTF-8; line ends as \\n."""
     if data.startswith(b"PK\x03\x04"):
-        raise LabError(
-            f"{name} is a zip archive (an Excel workbook?), not text", "save it as 'CSV UTF-8' and give that"
-        )
+        raise LabError(f"{name} is a zip archive (an Excel workbook?), not text",
+                       "save it as 'CSV UTF-8' and give that")  # fmt: skip
     encoding = encoding or next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
     fix = "save it as UTF-8, or name its encoding with --encoding (e.g. cp1252; utf-16-le or utf-16-be without a BOM)"
     try:
