@@ -23,9 +23,8 @@ def failed_cell(executed: Path, exc) -> tuple[str, str, str]:
     """(cell id, error name, message) of the cell a papermill run stopped in."""
     import nbformat
 
-    cell = next(
-        (c for c in nbformat.read(executed, as_version=4).cells if c.get("execution_count") == exc.exec_count), {}
-    )
+    cells = nbformat.read(executed, as_version=4).cells
+    cell = next((c for c in cells if c.get("execution_count") == exc.exec_count), {})
     for out in cell.get("outputs", []):  # a LabError shows as its message alone (errors.install_notebook_handler)
         if out.get("text", "").startswith("LabError: "):
             return cell.get("id", "?"), "LabError", out["text"].removeprefix("LabError: ").rstrip()
@@ -48,8 +47,7 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     known = papermill.inspect_notebook(str(NOTEBOOK))
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
+    if unknown := sorted(set(parameters) - set(known)):
         raise LabError(f"the notebook has no parameter {', '.join(unknown)}",
                        f"use one of {', '.join(known)} (its parameters cell), e.g. -p FULL_STEPS 5")  # fmt: skip
     values = {name: literal(raw) for name, raw in parameters.items()}
@@ -64,9 +62,8 @@ def run_notebook(parameters: dict[str, str], output: Path) -> int:
     failure = None
     with write_file(output) as tmp:
         try:
-            papermill.execute_notebook(
-                str(NOTEBOOK), str(tmp), parameters=values, cwd=str(PROJECT_ROOT), progress_bar=sys.stderr.isatty()
-            )
+            papermill.execute_notebook(str(NOTEBOOK), str(tmp), parameters=values, cwd=str(PROJECT_ROOT),
+                                       progress_bar=sys.stderr.isatty())  # fmt: skip
         except PapermillExecutionError as exc:
             failure = exc, failed_cell(tmp, exc)
     if failure:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LabError
+from .files import PROJECT_ROOT, lab_source
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RELEASE_DIR = Path(__file__).resolve().parent / "backstage" / "release"  # the offline profile's trained artifacts
+RELEASE_DIR = PROJECT_ROOT / "lab_utils" / "backstage" / "release"  # the offline profile's trained artifacts
 PROFILES = ("course", "offline")
 SPLITS = ("train", "validation", "test")  # DialogSum's, each a CSV in a local copy (`data_dir`)
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit numbers
@@ -89,13 +89,10 @@ class Settings:
     full_lr: float = _setting(1e-5, "learning rate of full fine-tuning (the course's)", ">0")
     lora_lr: float = _setting(1e-3, "learning rate of LoRA (the course's)", ">0")
     warmup_ratio: float = _setting(0.0, "share of training steps with a rising learning rate", "[0,1)")
-    gradient_checkpointing: bool = _setting(
-        True, "`true`: recompute activations in backward (the same weights, less memory, a little slower)"
-    )
-    precision: str = _setting(
-        "auto", "`auto` (bf16 on a GPU that has it, else fp32), `fp32`, `bf16` or `fp16`: training and generation",
-        "precision", True,
-    )  # fmt: skip
+    gradient_checkpointing: bool = _setting(True, "`true`: recompute activations in backward (the same weights, "
+                                            "less memory, a little slower)")  # fmt: skip
+    precision: str = _setting("auto", "`auto` (bf16 on a GPU that has it, else fp32), `fp32`, `bf16` or `fp16`: "
+                              "training and generation", "precision", True)  # fmt: skip
     save_steps: int = _setting(50, "the instructor saves a checkpoint to resume from every this many steps", ">=1")
     eval_steps: int = _setting(50, "the instructor's validation loss every this many steps (divides `save_steps`)",
                                ">=1")  # fmt: skip
@@ -219,8 +216,6 @@ def _problem(settings: Settings, name: str, value) -> tuple[str | None, object]:
     if name == "data_dir" and value and value != example and (problem := dialogsum_problem(path)):
         return problem, example
     if name == "work_dir":
-        from .files import lab_source
-
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or lab_source(path):
             return "is a file (or lies in one), or lies in the lab's own files", example
@@ -240,8 +235,7 @@ def check_settings(settings: Settings) -> Settings:
     for f in dataclasses.fields(settings):
         if f.name in ("profile", "profile_reason"):
             continue
-        value = getattr(settings, f.name)
-        problem, example = _problem(settings, f.name, value)
+        problem, example = _problem(settings, f.name, value := getattr(settings, f.name))
         if problem:
             env = "LAB_" + f.name.upper()
             fix = f"set `{env}` (or the matching notebook parameter) to a valid value, e.g. {example!r}"
@@ -300,19 +294,13 @@ def choose_profile(requested: str | None = None) -> tuple[str, str]:
 def load_settings(profile: str | None = None, environ: dict[str, str] | None = None, **overrides) -> Settings:
     """Build and check the settings: profile defaults, then `LAB_*` environment variables, then keyword overrides."""
     env = os.environ if environ is None else environ
-    if environ is not None and profile is None:
-        profile = environ.get("LAB_PROFILE", "")
-    name, reason = choose_profile(profile)
+    name, reason = choose_profile(env.get("LAB_PROFILE", "") if profile is None and environ is not None else profile)
     defaults = profile_defaults(name)
     known = {"LAB_" + k.upper() for k in defaults} | {"LAB_PROFILE"}
-    unknown = sorted(k for k in env if k.startswith("LAB_") and k not in known)
-    if unknown:
+    if unknown := sorted(k for k in env if k.startswith("LAB_") and k not in known):
         raise LabError(f"unknown setting `{unknown[0]}`", "remove it or use one of: " + ", ".join(sorted(known)))
-    values = {
-        k: _parsed(k, env[f"LAB_{k.upper()}"], d) if f"LAB_{k.upper()}" in env else d for k, d in defaults.items()
-    }
-    values.update({k: _typed(k, v, defaults) for k, v in overrides.items()})
-    return check_settings(Settings(profile=name, profile_reason=reason, **values))
+    values = {k: _parsed(k, env[e], d) if (e := f"LAB_{k.upper()}") in env else d for k, d in defaults.items()}
+    return Settings(profile=name, profile_reason=reason, **values).replace(**overrides)  # typed and checked there
 
 
 def show_banner(settings: Settings) -> None:
@@ -321,14 +309,11 @@ def show_banner(settings: Settings) -> None:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 if hasattr(os, "sysconf") else float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    sagemaker = (
-        os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists()
-    )
     print("=" * 78, f"PROFILE: {settings.profile.upper()}   ({settings.profile_reason})", sep="\n")
     if settings.offline:
         print("  Offline stand-ins: local DialogSum CSVs, a tiny Flan-T5-architecture model trained by the project,\n"
               "  and a local S3 server on 127.0.0.1. Numbers are the tiny model's, not Flan-T5's.")  # fmt: skip
     print(f"HARDWARE: {platform.node()}: {os.cpu_count()} CPUs, {memory:.0f} GB RAM, {gpu}, torch {torch.__version__}")
-    if not sagemaker:
+    if not (os.environ.get("SAGEMAKER_INTERNAL_IMAGE_URI") or Path("/opt/ml/metadata/resource-metadata.json").exists()):
         print("  Note: not running on SageMaker (the lab targets ml.m5.2xlarge: 8 vCPU, 32 GB); continuing.")
     print("=" * 78)

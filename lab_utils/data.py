@@ -34,18 +34,13 @@ def read_split_csv(path: Path, setting: str = "LAB_DATA_DIR") -> Dataset:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise LabError(f"cannot read {path}: {exc}", f"check the CSV files in `{setting}`") from exc
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    # a dialogue is the input, a summary the target (or the reference): neither may be empty
-    empty = (
-        {c: frame.index[frame[c].str.strip() == ""].tolist() for c in ("dialogue", "summary")} if not missing else {}
-    )
     fix = f"point `{setting}` at a complete copy of DialogSum (columns {', '.join(COLUMNS)}), or fix those rows"
-    if missing:
+    if missing := [c for c in COLUMNS if c not in frame.columns]:
         raise LabError(f"{path} lacks column(s) {', '.join(missing)} (has: {', '.join(frame.columns)})", fix)
     if frame.empty:
         raise LabError(f"{path} has a header but no rows", fix)
-    for column, rows in empty.items():
-        if rows:  # +2: the header line, and lines counted from 1
+    for column in ("dialogue", "summary"):  # the input, and the target (or the reference): neither may be empty
+        if rows := frame.index[frame[column].str.strip() == ""].tolist():  # +2: the header line, lines counted from 1
             lines = ", ".join(str(i + 2) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
             raise LabError(f"{path} has {len(rows)} empty {column}(s) (CSV line {lines})", fix)
     return Dataset.from_pandas(frame[list(COLUMNS)], preserve_index=False)
@@ -70,11 +65,9 @@ def load_dialogsum(settings: Settings) -> DatasetDict:
     try:
         return load_dataset(settings.dataset)
     except (OSError, ConnectionError, HfHubHTTPError, OfflineModeIsEnabled, FileNotFoundError) as exc:
-        raise LabError(
-            f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc})",
-            "check the network and the dataset id, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)",
-        ) from exc
+        fix = "check the network and the dataset id, or set `LAB_DATA_DIR` to a local copy (or `LAB_PROFILE=offline`)"
+        raise LabError(f"cannot load dataset `LAB_DATASET`={settings.dataset!r} from the Hugging Face Hub "
+                       f"({type(exc).__name__}: {exc})", fix) from exc  # fmt: skip
 
 
 def split_sizes(dataset: DatasetDict) -> dict[str, int]:

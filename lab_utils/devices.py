@@ -40,11 +40,9 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
     if precision == "fp16" and device != "cuda":
         raise LabError("`LAB_PRECISION`=fp16 needs a GPU: fp16 mixed precision does not run on a CPU", fix)
     if precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
-        raise LabError(
-            "`LAB_PRECISION`=bf16 on a CPU without bf16 instructions (avx512_bf16 / amx_bf16): it would be emulated, "
-            "slower than fp32",
-            fix + " here; bf16 pays on CPUs with AVX512-BF16 or AMX, and on GPUs",
-        )
+        raise LabError("`LAB_PRECISION`=bf16 on a CPU without bf16 instructions (avx512_bf16 / amx_bf16): it would be "
+                       "emulated, slower than fp32",
+                       fix + " here; bf16 pays on CPUs with AVX512-BF16 or AMX, and on GPUs")  # fmt: skip
     if precision == "bf16" and device == "cuda" and not gpu_bf16:
         raise LabError("`LAB_PRECISION`=bf16: this GPU has no bf16", "set `LAB_PRECISION` to auto or fp16")
     return precision
@@ -52,9 +50,7 @@ def resolve_precision(precision: str, device: str | None = None) -> str:
 
 def autocast(device: str, precision: str):
     """The context generation runs in: nothing for fp32, else autocast to bf16 or fp16 (weights stay fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=DTYPES[precision])
+    return contextlib.nullcontext() if precision == "fp32" else torch.autocast(device, dtype=DTYPES[precision])
 
 
 def device_of(model) -> str:

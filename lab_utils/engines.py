@@ -58,25 +58,12 @@ class CTranslate2Model(torch.nn.Module):
         return torch.tensor([ids + [pad] * (width - len(ids)) for ids in generated])
 
 
-def convert_to_ctranslate2(model_dir: str | Path, out_dir: str | Path, quantization: str = "int8") -> Path:
-    """Convert a saved transformers model (with its tokenizer) to CTranslate2, weights as `quantization`."""
-    import ctranslate2
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*")  # the converter's, for transformers' loader
-        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
-            str(out_dir), quantization=quantization, force=True
-        )
-    return Path(out_dir)
-
-
 def load_ctranslate2(folder: str | Path, tokenizer, quantization: str) -> CTranslate2Model:
     """A converted folder on the CPU, with as many threads as torch uses."""
     import ctranslate2
 
-    translator = ctranslate2.Translator(
-        str(folder), device="cpu", compute_type=CT2_COMPUTE_TYPE[quantization], intra_threads=torch.get_num_threads()
-    )
+    translator = ctranslate2.Translator(str(folder), device="cpu", compute_type=CT2_COMPUTE_TYPE[quantization],
+                                        intra_threads=torch.get_num_threads())  # fmt: skip
     return CTranslate2Model(translator, tokenizer)
 
 
@@ -87,9 +74,15 @@ def merged(model):
 
 def _convert(model, tokenizer, folder: Path, quantization: str) -> Path:
     """Save `model` (merged) with its tokenizer in `folder`/model and convert it to `folder`/converted."""
+    import ctranslate2
+
     merged(model).save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
-    return convert_to_ctranslate2(folder / "model", folder / "converted", quantization)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*")  # the converter's, for transformers' loader
+        converter = ctranslate2.converters.TransformersConverter(str(folder / "model"))
+        converter.convert(str(folder / "converted"), quantization=quantization, force=True)
+    return folder / "converted"
 
 
 def prepare_for_inference(model, engine: str = "pytorch", tokenizer=None):
@@ -130,10 +123,8 @@ def compare_engines(reference_dir, translator, tokenizer, dialogues, settings) -
 
     from .generation import summarize
 
-    models = {
-        "PyTorch": AutoModelForSeq2SeqLM.from_pretrained(reference_dir, dtype=torch.float32),
-        "CTranslate2": CTranslate2Model(translator, tokenizer),
-    }
+    pytorch = AutoModelForSeq2SeqLM.from_pretrained(reference_dir, dtype=torch.float32)
+    models = {"PyTorch": pytorch, "CTranslate2": CTranslate2Model(translator, tokenizer)}
     dialogues, times, out = list(dialogues), {}, {}
     for name, model in models.items():
         with contextlib.redirect_stdout(io.StringIO()):  # a warm-up (one-off allocations): its notes would repeat
@@ -147,7 +138,7 @@ def compare_engines(reference_dir, translator, tokenizer, dialogues, settings) -
     ratio = times["PyTorch"] / max(times["CTranslate2"], 1e-9)
     verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
     print(f"time: PyTorch {times['PyTorch']:.2f} s, CTranslate2 {times['CTranslate2']:.2f} s (CTranslate2 {verdict})")
-    if sum(p.numel() for p in models["PyTorch"].parameters()) < 50_000_000:  # the tiny stand-in: say what it measures
+    if sum(p.numel() for p in pytorch.parameters()) < 50_000_000:  # the tiny stand-in: say what it measures
         why = ", whose fixed cost per call (tokens converted, threads started) outweighs its int8 savings" * (ratio < 1)
         print(f"This is the tiny stand-in{why}. At Flan-T5's size the benchmark measured CTranslate2 int8 1.83x faster "
               "than PyTorch fp32 (16 prompts, 48 new tokens, 2-core AMD EPYC; docs/benchmark.md).")  # fmt: skip

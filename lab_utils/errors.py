@@ -45,7 +45,5 @@ def install_notebook_handler() -> None:
     from IPython import get_ipython
 
     quiet_library_notes()
-    if get_ipython() is not None:
-        get_ipython().set_custom_exc(
-            (LabError,), lambda shell, etype, value, tb, tb_offset=None: print(f"LabError: {value}")
-        )
+    if (ipython := get_ipython()) is not None:
+        ipython.set_custom_exc((LabError,), lambda shell, etype, value, tb, tb_offset=None: print(f"LabError: {value}"))

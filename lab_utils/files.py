@@ -107,9 +107,8 @@ def owned(path: Path) -> bool:
 
 def replaceable(path: Path) -> bool:
     """True when nothing is at `path`, an empty folder, or what the lab wrote there, unchanged (a symlink: never)."""
-    if path.is_symlink():  # the user's, wherever it points
-        return False
-    return not path.exists() or owned(path) or (path.is_dir() and not any(path.iterdir()))
+    # a symlink is the user's, wherever it points
+    return not path.is_symlink() and (not path.exists() or owned(path) or (path.is_dir() and not any(path.iterdir())))
 
 
 def lab_source(path: Path) -> Path | None:
@@ -120,9 +119,8 @@ def lab_source(path: Path) -> Path | None:
     return None
 
 
-def check_output(
-    path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (), allowed: Path | None = None
-) -> Path:
+def check_output(path: str | os.PathLike, what: str, folder: bool = False, inputs: Iterable = (),
+                 allowed: Path | None = None) -> Path:  # fmt: skip
     """The absolute target (symlinks resolved), refused before any work when it is not the lab's to write."""
     # refused: an input, the lab's sources (but `allowed`), a file or folder the lab did not write (or that was changed
     # since), an unwritable place
@@ -139,9 +137,7 @@ def check_output(
         if not replaceable(out) and out != (allowed and allowed.resolve()):
             what = f"{what} {out} already exists and this lab did not write it (or it was changed since)"
             raise LabError(what + "; nothing was changed", f"{fix}, or remove it yourself if you do not need it")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = next(p for p in out.parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise LabError(f"{what} {out} cannot be created: {parent} is not a writable folder", "choose a writable folder")
     return out

@@ -16,33 +16,19 @@ from .errors import LabError
 _NOTED: set[tuple] = set()  # truncation notes already printed in this process
 
 
-def check_dialogues(dialogues) -> list[str]:
-    """The dialogues as a list of non-empty strings (one string is one dialogue), or a `LabError` naming the bad one."""
-    dialogues = [dialogues] if isinstance(dialogues, str) else list(dialogues)
-    if not dialogues:
-        raise LabError("no dialogues to summarize", "pass at least one dialogue")
-    for i, d in enumerate(dialogues):
-        if not isinstance(d, str) or not d.strip():
-            what = "empty" if isinstance(d, str) else f"a {type(d).__name__}, not a string"
-            raise LabError(f"dialogue #{i} is {what}", "pass non-empty dialogue text (str)")
-    return dialogues
-
-
-def summarize(
-    model,
-    tokenizer,
-    dialogues: str | Sequence[str],
-    settings,
-    gen_kwargs: dict | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
-    desc: str = "Summarizing",
-    prompt: Callable[[str], str] | None = None,
-) -> list[str]:
+def summarize(model, tokenizer, dialogues: str | Sequence[str], settings, gen_kwargs: dict | None = None,
+              batch_size: int | None = None, progress: bool = True, desc: str = "Summarizing",
+              prompt: Callable[[str], str] | None = None) -> list[str]:  # fmt: skip
     """Summaries of `dialogues` with the instruction prompt (or `prompt`), greedy (or `gen_kwargs`), as the course."""
     # prompts are truncated at max_source_length, as in training; each distinct dialogue is generated once (the test
     # split repeats each three times), longest first in batches of eval_batch_size, so that a batch pads little
-    dialogues = check_dialogues(dialogues)
+    dialogues = [dialogues] if isinstance(dialogues, str) else list(dialogues)  # one string is one dialogue
+    if not dialogues:
+        raise LabError("no dialogues to summarize", "pass at least one dialogue")
+    for i, d in enumerate(dialogues):  # each a non-empty string, or a `LabError` naming the bad one
+        if not isinstance(d, str) or not d.strip():
+            what = "empty" if isinstance(d, str) else f"a {type(d).__name__}, not a string"
+            raise LabError(f"dialogue #{i} is {what}", "pass non-empty dialogue text (str)")
     if gen_kwargs is None:  # greedy, as the course (no_repeat_ngram_size 0 is off in transformers and CTranslate2)
         gen_kwargs = dict(max_new_tokens=settings.max_new_tokens, num_beams=1, do_sample=False,
                           no_repeat_ngram_size=settings.no_repeat_ngram_size)  # fmt: skip

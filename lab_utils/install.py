@@ -46,9 +46,7 @@ def install_requirements(path: str | Path = "requirements.txt") -> None:
     found = re.findall(r"^([A-Za-z0-9_.-]+)(?:\[([\w,\s]+)\])?==([^\s;#]+)", Path(path).read_text(), re.M)
     pins = {name: version for name, _, version in found}
     # a package with extras (moto[server]) counts as missing while a package its extras need is not installed
-    missing = [
-        name for name, extras, version in found if installed(name) != version or not extras_installed(name, extras)
-    ]
+    missing = [name for name, extras, pin in found if installed(name) != pin or not extras_installed(name, extras)]
     torch = installed("torch")
     gpu = shutil.which("nvidia-smi") is not None
     if torch == pins["torch"]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import multiprocessing
@@ -75,8 +76,6 @@ def run_isolated(fn: Callable[..., dict], threads: int | None = None, flush_deno
 
 def memory_report() -> str:
     """One line: this process's resident memory now and its peak so far (what the notebook shows per section)."""
-    try:  # glibc keeps freed blocks for reuse: hand them back, so that letting a trainer go shows
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed blocks for reuse: hand them back, so that
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)  # letting a trainer go shows
     return f"memory of this process: {rss_mb() / 1024:.1f} GB resident, {peak_rss_mb() / 1024:.1f} GB at most so far"

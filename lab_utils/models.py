@@ -26,11 +26,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def parameter_report(model: torch.nn.Module) -> str:
     """The course's three-line report: trainable, all, and percentage of trainable parameters."""
     trainable, total = count_parameters(model)
-    return (
-        f"trainable model parameters: {trainable:,}\n"
-        f"all model parameters: {total:,}\n"
-        f"percentage of trainable model parameters: {100 * trainable / total:.2f}%"
-    )
+    return (f"trainable model parameters: {trainable:,}\nall model parameters: {total:,}\n"
+            f"percentage of trainable model parameters: {100 * trainable / total:.2f}%")  # fmt: skip
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -75,17 +72,15 @@ def non_finite(tensors: dict) -> list[str]:
     return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
-def check_model_dir(
-    folder: str | Path, fix: str = "pull (or train) the checkpoint again", finite: bool = False
-) -> Path:
+def check_model_dir(folder: str | Path, fix: str = "pull (or train) the checkpoint again",
+                    finite: bool = False) -> Path:  # fmt: skip
     """Check that a transformers checkpoint folder has a readable config and whole weights (`finite`: and no NaN)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LabError(f"checkpoint folder {folder} does not exist", fix)
     read_json(folder / "config.json", "checkpoint folder", fix)
     weights = read_weights(folder, MODEL_WEIGHTS, "checkpoint folder", fix, load=finite)
-    bad = non_finite(weights) if finite else []
-    if bad:
+    if finite and (bad := non_finite(weights)):
         raise LabError(f"checkpoint {folder} has non-finite weights (NaN or inf in {len(bad)}, e.g. {bad[0]})", fix)
     return folder
 
@@ -110,8 +105,7 @@ def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, f
     if not folder.is_dir():
         raise LabError(f"adapter folder {folder} does not exist", fix)
     config = read_json(folder / "adapter_config.json", "adapter folder", fix)
-    missing = [k for k in ("peft_type", "r", "target_modules") if k not in config]
-    if missing:
+    if missing := [k for k in ("peft_type", "r", "target_modules") if k not in config]:
         raise LabError(f"{folder}/adapter_config.json has no `{missing[0]}` field, which peft needs", fix)
     if str(config["peft_type"]).upper() != "LORA":
         raise LabError(f"{folder} holds a {config['peft_type']} adapter, not LoRA", fix)
@@ -119,8 +113,8 @@ def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, f
     lora = {k: t.shape for k, t in weights.items() if ".lora_A." in k or ".lora_B." in k}
     if not lora:
         raise LabError(f"the weights in {folder} hold no LoRA matrices (lora_A / lora_B)", fix)
-    if non_finite(weights):
-        raise LabError(f"adapter weight {non_finite(weights)[0]} in {folder} is not finite (NaN or inf)", fix)
+    if bad := non_finite(weights):
+        raise LabError(f"adapter weight {bad[0]} in {folder} is not finite (NaN or inf)", fix)
     declared = config.get("base_model_name_or_path") or "another model"
     for name, shape in lora.items():
         kind = "lora_A" if ".lora_A." in name else "lora_B"
@@ -132,12 +126,10 @@ def check_adapter_dir(folder: str | Path, base: torch.nn.Module, base_id: str, f
         try:
             layer = base.get_submodule(path)
             expected = layer.in_features if kind == "lora_A" else layer.out_features
+            where = f"has {expected} features there, the adapter {features}"
         except AttributeError:
-            layer = expected = None
+            expected, where = None, f"has no layer {path}"
         if features != expected:
-            where = (
-                f"has no layer {path}" if layer is None else f"has {expected} features there, the adapter {features}"
-            )
             raise LabError(
                 f"the adapter in {folder} was trained for a different model ({declared}): {base_id} {where}",
                 "load it onto the model it was trained for (`LAB_MODEL_ID`), or use an adapter trained for this one",

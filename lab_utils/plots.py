@@ -87,8 +87,7 @@ def plot_loss_curves(logs: dict, title: str = "Training and validation loss", pa
             shown = megabatch_means(runs[name]) if name in long else runs[name]
             label = f"{name}: training" + (f" (mean of each {MEGABATCH} steps)" if name in long else "")
             (line,) = ax.plot(*zip(*shown), marker="o" if len(shown) < 30 else None, markersize=3, label=label)
-            evals = [(e["step"], e["eval_loss"]) for e in logs[name] if "eval_loss" in e]
-            if evals:
+            if evals := [(e["step"], e["eval_loss"]) for e in logs[name] if "eval_loss" in e]:
                 ax.plot(*zip(*evals), "--", color=line.get_color(), marker="x", label=f"{name}: validation")
         ax.set(xlabel="step", ylabel="loss (cross-entropy)", title=title if group is long else "this notebook's runs")
         ax.legend(fontsize=8)

@@ -7,12 +7,8 @@ from pathlib import Path
 from .errors import LabError
 from .files import write_file
 
-RESULTS_COLUMNS = (
-    "human_baseline_summaries",
-    "original_model_summaries",
-    "instruct_model_summaries",
-    "peft_model_summaries",
-)
+RESULTS_COLUMNS = ("human_baseline_summaries", "original_model_summaries", "instruct_model_summaries",
+                   "peft_model_summaries")  # fmt: skip
 TOPIC_COLUMNS = ("human_baseline_topics", "peft_model_topics")
 
 

@@ -132,9 +132,7 @@ def pull(uri: str, local: str | os.PathLike, anonymous: bool = False) -> Path:
     if (needed := sum(head["ContentLength"] for *_, head in todo)) > (free := shutil.disk_usage(probe).free):
         fix = "Free some space (e.g. delete old checkpoints under data/) or choose another local folder."
         raise LabError(f"Not enough disk space in {probe}: {format_size(needed)} needed, {format_size(free)} free", fix)
-    with tqdm(
-        total=needed, unit="B", unit_scale=True, desc=f"pull {uri.rstrip('/').rsplit('/', 1)[-1]}", disable=not todo
-    ) as bar:
+    with tqdm(total=needed, unit="B", unit_scale=True, desc=f"pull {PurePosixPath(uri).name}", disable=not todo) as bar:
         for k, dest, head in todo:
             with _errors(s3, f"s3://{bucket}/{k}", dest), write_file(dest) as tmp:
                 s3.download_file(bucket, k, str(tmp), Config=TRANSFER, Callback=bar.update)
@@ -179,9 +177,7 @@ def push(local: str | os.PathLike, uri: str) -> list[str]:
     if len(todo) < len(plan):
         print(f"{uri}: {len(plan) - len(todo)} of {len(plan)} file(s) skipped (already uploaded)")
     total = sum(f.stat().st_size for f, *_ in todo)
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc=f"push {uri.rstrip('/').rsplit('/', 1)[-1]}", disable=not todo
-    ) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"push {PurePosixPath(uri).name}", disable=not todo) as bar:
         for f, k, sha in todo:
             with _errors(s3, f"s3://{bucket}/{k}", f):
                 extra = {"Metadata": {"sha256": sha}}  # what `stored` and a later pull check

@@ -32,8 +32,7 @@ def mean_scores(per_row: dict) -> dict[str, float]:
     fix = "pass what `compute_rouge` (or `rouge.compute`) returned"
     if not isinstance(per_row, dict):
         raise LabError(f"the scores {str(per_row)[:80]} are a {type(per_row).__name__}, not a dict of metrics", fix)
-    missing = [k for k in ROUGE_KEYS if k not in per_row]
-    if missing:
+    if missing := [k for k in ROUGE_KEYS if k not in per_row]:
         raise LabError(f"the scores {str(per_row)[:80]} lack {', '.join(missing)}", fix)
     values = {k: per_row[k] if isinstance(per_row[k], list | tuple) else [per_row[k]] for k in ROUGE_KEYS}
     if any(not v for v in values.values()):
@@ -45,9 +44,8 @@ def compute_rouge(predictions, references, rouge=None) -> dict[str, float]:
     """Mean ROUGE F-measure per metric (stemming on), as the course reported it; a reference may be a list."""
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references) or not predictions:
-        raise LabError(
-            f"{len(predictions)} predictions for {len(references)} references", "pass one prediction per reference"
-        )
+        raise LabError(f"{len(predictions)} predictions for {len(references)} references",
+                       "pass one prediction per reference")  # fmt: skip
     rouge = rouge or local_rouge()
     return mean_scores(rouge.compute(predictions=predictions, references=references, use_aggregator=False,
                                      use_stemmer=True))  # fmt: skip
@@ -141,11 +139,8 @@ def story_checks(frame, train_summaries, rouge=None) -> dict[str, tuple[bool, st
     text = sum(looks_like_text(t) for t in first["original_model_summaries"])
     checks["original: writes text"] = (text >= 0.9 * len(groups), f"{text} of {len(groups)} outputs")
     r1 = {m: scores[m]["rouge1"] for m in scores}
-    ranked = r1["instruct"] > r1["peft"] > r1["original"]
-    checks["ROUGE-1: instruct > PEFT > original"] = (
-        ranked,
-        " > ".join(f"{r1[m]:.4f}" for m in ("instruct", "peft", "original")),
-    )
+    ranking = " > ".join(f"{r1[m]:.4f}" for m in ("instruct", "peft", "original"))
+    checks["ROUGE-1: instruct > PEFT > original"] = (r1["instruct"] > r1["peft"] > r1["original"], ranking)
     gain = r1["instruct"] - r1["original"]
     recovered = (r1["peft"] - r1["original"]) / gain if gain > 0 else float("nan")
     checks["PEFT recovers >= 80% of the full fine-tune's ROUGE-1 gain"] = (recovered >= 0.8, f"{recovered:.0%}")

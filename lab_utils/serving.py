@@ -61,23 +61,16 @@ def serving_table(original_model, base_id: str, adapters: dict[str, Path], full_
     from .files import size_on_disk
     from .models import count_parameters
 
-    n = len(adapters)
-    base_params = count_parameters(original_model)[1]
+    n, base_params = len(adapters), count_parameters(original_model)[1]
     memory = serving_memory(base_id, list(adapters.values()), [full_dir] * n)
-    floor = memory["nothing"]
-    rows = {
-        f"one base + {n} adapters": {
-            "parameters (millions)": (base_params + sum(adapter_parameters(a) for a in adapters.values())) / 1e6,
-            "MB on disk": (size_on_disk(full_dir) + sum(size_on_disk(a) for a in adapters.values())) / 1e6,
-            "MB resident (above torch)": memory["adapters"] - floor,
-        },
-        f"{n} full fine-tuned models": {
-            "parameters (millions)": n * base_params / 1e6,
-            "MB on disk": n * size_on_disk(full_dir) / 1e6,
-            "MB resident (above torch)": memory["full"] - floor,
-        },
+    floor, disk = memory["nothing"], size_on_disk(full_dir)
+    adapter_params, adapter_disk = (sum(f(a) for a in adapters.values()) for f in (adapter_parameters, size_on_disk))
+    columns = {
+        "parameters (millions)": [(base_params + adapter_params) / 1e6, n * base_params / 1e6],
+        "MB on disk": [(disk + adapter_disk) / 1e6, n * disk / 1e6],
+        "MB resident (above torch)": [memory["adapters"] - floor, memory["full"] - floor],
     }
-    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame(columns, index=[f"one base + {n} adapters", f"{n} full fine-tuned models"])
     table.loc["ratio"] = table.iloc[0] / table.iloc[1]
     return table.round(3)
 

@@ -33,10 +33,9 @@ def read_input_bytes(source: str) -> tuple[bytes, str]:
         stream = getattr(sys.stdin, "buffer", None)
         return (stream.read() if stream else sys.stdin.read().encode("utf-8")), "standard input"
     path = Path(source).expanduser()
-    if path.is_dir():
-        raise LabError(f"{source} is a folder", "give a text or CSV file of dialogues, or - for standard input")
     if not path.is_file():
-        raise LabError(f"{source} is not a file", "give a text or CSV file of dialogues, or - for standard input")
+        what = "a folder" if path.is_dir() else "not a file"
+        raise LabError(f"{source} is {what}", "give a text or CSV file of dialogues, or - for standard input")
     try:
         return path.read_bytes(), source
     except OSError as exc:
@@ -46,9 +45,8 @@ def read_input_bytes(source: str) -> tuple[bytes, str]:
 def decode(data: bytes, name: str, encoding: str | None = None) -> str:
     """Text from bytes: `encoding` if given, else by its byte-order mark (UTF-8/16/32), else UTF-8; line ends as \\n."""
     if data.startswith(b"PK\x03\x04"):
-        raise LabError(
-            f"{name} is a zip archive (an Excel workbook?), not text", "save it as 'CSV UTF-8' and give that"
-        )
+        raise LabError(f"{name} is a zip archive (an Excel workbook?), not text",
+                       "save it as 'CSV UTF-8' and give that")  # fmt: skip
     encoding = encoding or next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
     fix = "save it as UTF-8, or name its encoding with --encoding (e.g. cp1252; utf-16-le or utf-16-be without a BOM)"
     try:
@@ -81,8 +79,7 @@ def read_csv_column(text: str, name: str, column: str, separator: str | None = N
         raise LabError(f"{name} has no column {column!r}, or several (its header, split at {separator!r}: {found})",
                        "choose the dialogue column with --column")  # fmt: skip
     at = names.index(column.strip().lower())
-    bad = next((n for n, row in enumerate(rows[1:], start=2) if len(row) != len(names)), None)
-    if bad:
+    if bad := next((n for n, row in enumerate(rows[1:], start=2) if len(row) != len(names)), None):
         raise LabError(f"{name}: row {bad} has not the header's {len(names)} fields (unquoted separators?)",
                        "quote fields that hold the separator, as spreadsheets do, or give a text file")  # fmt: skip
     return [row[at] for row in rows[1:]]
@@ -96,8 +93,7 @@ def read_dialogues(source: str, column: str | None = None, encoding: str | None 
     csv_on_stdin = source == "-" and "dialogue" in re.split(r"[,;\t|]", header)  # a CSV piped in, not a dialogue
     if suffix in (".csv", ".tsv") or column is not None or csv_on_stdin:
         dialogues = read_csv_column(text, name, column or "dialogue", "\t" if suffix == ".tsv" else None)
-        empty = [i + 2 for i, d in enumerate(dialogues) if not d.strip()]
-        if empty:
+        if empty := [i + 2 for i, d in enumerate(dialogues) if not d.strip()]:
             raise LabError(f"{name}: row {empty[0]} has an empty dialogue ({len(empty)} such rows)",
                            "fill or remove those rows")  # fmt: skip
     else:

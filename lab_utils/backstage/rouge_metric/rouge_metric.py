@@ -38,23 +38,14 @@ class RougeMetric(evaluate.Metric):
     """ROUGE F-measures, as the Hub's `rouge` metric computes them."""
 
     def _info(self):
+        text = datasets.Value("string", id="sequence")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries (2004)",
             inputs_description=_KWARGS,
             features=[
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Sequence(datasets.Value("string", id="sequence")),
-                    }
-                ),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string", id="sequence"),
-                        "references": datasets.Value("string", id="sequence"),
-                    }
-                ),
+                datasets.Features({"predictions": text, "references": datasets.Sequence(text)}),
+                datasets.Features({"predictions": text, "references": text}),
             ],
         )
 
@@ -62,10 +53,8 @@ class RougeMetric(evaluate.Metric):
         rouge_types = list(rouge_types or ["rouge1", "rouge2", "rougeL", "rougeLsum"])
         scorer = rouge_scorer.RougeScorer(rouge_types=rouge_types, tokenizer=_TOKENIZERS[bool(use_stemmer)])
         multi = bool(references) and isinstance(references[0], list)
-        scores = [
-            scorer.score_multi(ref, pred) if multi else scorer.score(ref, pred)
-            for ref, pred in zip(references, predictions)
-        ]
+        score_one = scorer.score_multi if multi else scorer.score
+        scores = [score_one(ref, pred) for ref, pred in zip(references, predictions)]
         if use_aggregator:
             aggregator = scoring.BootstrapAggregator()
             for score in scores:
