@@ -100,13 +100,7 @@ def local_s3():
         for name, value in server.env().items():
             mp.setenv(name, value)
         # Isolate from the user's own AWS setup and never ask the EC2 metadata service.
-        for name in (
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "AWS_ENDPOINT_URL",
-            "AWS_MAX_ATTEMPTS",
-            "AWS_RETRY_MODE",
-        ):
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
             mp.delenv(name, raising=False)
         mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")

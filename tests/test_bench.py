@@ -45,13 +45,6 @@ def test_smoke_run_answers_every_question(data_dir, tmp_path, monkeypatch, capsy
     assert bench.check_output(out, "the report") == out  # the lab's own report: a later run may replace it
 
 
-def test_output_never_replaces_a_users_file(tmp_path, capsys):
-    mine = tmp_path / "mine.json"
-    mine.write_text("mine")
-    assert bench.main(["--smoke", "--output", str(mine)]) == 2
-    assert mine.read_text() == "mine" and "error: the report (--output)" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("only", ["5", "1,x", ",", "a"])
 def test_a_bad_only_is_refused(only, capsys):
     assert bench.main(["--only", only]) == 2

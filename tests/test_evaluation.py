@@ -15,14 +15,7 @@ from lab_utils.config import RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
 from lab_utils.generation import summarize
 from lab_utils.results_file import RESULTS_COLUMNS, read_results_file, write_results_file
-from lab_utils.scoring import (
-    ROUGE_KEYS,
-    compute_rouge,
-    improvement,
-    rouge_table,
-    rouge_views,
-    split_sentences,
-)
+from lab_utils.scoring import ROUGE_KEYS, compute_rouge, improvement, rouge_table, rouge_views, split_sentences
 
 GEN = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
 

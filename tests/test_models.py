@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import SETTINGS, TINY
 
 from lab_utils.backstage.instructor import lora_config
 from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, denoise
@@ -22,7 +25,6 @@ def add_lora(model, config):
 
 def train(model, tokenizer, train_dataset, out, lora: bool, **changes):
     """3 steps of the notebook's own trainer (its cells) at a high learning rate, so that weights really move."""
-    from conftest import SETTINGS
     from notebook import notebook_trainer
 
     settings = SETTINGS.replace(train_batch_size=4, full_lr=1e-2, lora_lr=1e-2, notebook_full_steps=3,
@@ -60,16 +62,17 @@ def test_lora_figures_of_the_course(flan_t5_base_shape):
     assert not any("lora" in name for name, _ in flan_t5_base_shape.named_modules())
 
 
-@pytest.mark.parametrize("kind", ["full", "lora"])
-def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_dir, tmp_path):
-
-    from conftest import SETTINGS
-
+@pytest.fixture
+def dataset(tokenizer, data_dir):
     from lab_utils.backstage.instructor import tokenize
     from lab_utils.data import load_dialogsum_csv
 
+    return tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, dataset, tmp_path):
     before = fingerprint(tiny_model)
-    dataset = tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]
     trainer = train(tiny_model, tokenizer, dataset, tmp_path, lora=kind == "lora")
     assert len(loss_history(trainer)) == 3
     assert fingerprint(trainer.model) != before  # training did change the trained model...
@@ -78,15 +81,8 @@ def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, data_
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, data_dir, tmp_path):
+def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dataset, tmp_path):
     """LAB_GRADIENT_CHECKPOINTING trades time for memory only: same losses, same trained weights."""
-
-    from conftest import SETTINGS
-
-    from lab_utils.backstage.instructor import tokenize
-    from lab_utils.data import load_dialogsum_csv
-
-    dataset = tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]
     runs = []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # LoRA's A matrices start random: the same start for both runs
@@ -103,41 +99,16 @@ def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dat
         torch.testing.assert_close(weights[name], weights_ck[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_adapter_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
-    from peft import PeftModel
+def test_offline_stand_in_is_t5_v1_1_with_untied_head_and_stays_so_when_saved(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
 
-    peft_model = add_lora(tiny_model, lora_config(r=4))
-    with torch.no_grad():  # make the adapter do something, so loading it is observable
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.fill_(0.01)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    fresh = build_tiny_t5(len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
-    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=False)
-    assert count_parameters(loaded)[0] == 0
-    ids = tokenizer(["#Person1#: hello"], return_tensors="pt").input_ids
-    peft_model.eval()
-    with torch.no_grad():
-        a = peft_model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
-        b = loaded(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
-    assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_offline_stand_in_is_t5_v1_1_with_untied_head():
     model = build_tiny_t5(4100)
     assert model.config.feed_forward_proj == "gated-gelu" and not model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
     assert model.config.d_model == TINY_CONFIG["d_model"]
     # the re-initialised head gives a first loss near a uniform guess (ln 4100 = 8.3), not far above it
     ids = torch.randint(3, 4000, (4, 20))
-    loss = model(input_ids=ids, labels=ids).loss.item()
-    assert loss < 10
-
-
-def test_saved_offline_model_stays_untied(tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
-    model = build_tiny_t5(500)
+    assert model(input_ids=ids, labels=ids).loss.item() < 10
     model.save_pretrained(tmp_path)
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
     assert not loaded.config.tie_word_embeddings
@@ -190,9 +161,8 @@ def test_rerunning_the_lora_cell_does_not_stack_adapters(tiny_model):
     first = add_lora(tiny_model, lora_config(r=4))
     second = add_lora(tiny_model, lora_config(r=4))  # the cell run again
     assert count_parameters(first) == count_parameters(second)
-    assert sum("lora_A" in n for n, _ in second.named_parameters()) == sum(
-        "lora_A" in n for n, _ in first.named_parameters()
-    )
+    lora_a = [[n for n, _ in model.named_parameters() if "lora_A" in n] for model in (first, second)]
+    assert lora_a[0] == lora_a[1]
     assert not any("lora" in name for name, _ in tiny_model.named_modules())
 
 
@@ -204,8 +174,6 @@ def adapter(tiny_model, tmp_path):
 
 
 def _damage(adapter, how):
-    import json as _json
-
     config, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
     if how == "no config":
         config.unlink()
@@ -216,9 +184,9 @@ def _damage(adapter, how):
     elif how == "no weights":
         weights.unlink()
     elif how == "config of another rank":
-        config.write_text(_json.dumps(dict(_json.loads(config.read_text()), r=8)))
+        config.write_text(json.dumps(dict(json.loads(config.read_text()), r=8)))
     elif how == "config without r":
-        config.write_text(_json.dumps({k: v for k, v in _json.loads(config.read_text()).items() if k != "r"}))
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "r"}))
     elif how == "non-finite weights":  # what a diverged training saves
         from safetensors.torch import load_file, save_file
 
@@ -251,29 +219,36 @@ def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, a
 
 def test_an_adapter_for_another_base_model_is_named(tokenizer, adapter):
     """An adapter whose shapes do not fit (e.g. trained for flan-t5-large) is reported with what it was made for."""
-    import json as _json
-
     from lab_utils.models import check_adapter_dir
 
     config = adapter / "adapter_config.json"
-    config.write_text(
-        _json.dumps(dict(_json.loads(config.read_text()), base_model_name_or_path="google/flan-t5-large"))
-    )
-    wider = build_tiny_t5(len(tokenizer), d_model=48, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "google/flan-t5-large"}))
+    wider = build_tiny_t5(len(tokenizer), **{**TINY, "d_model": 48})
     with pytest.raises(LabError, match=r"trained for a different model \(google/flan-t5-large\): wider has 48"):
         check_adapter_dir(adapter, wider, "wider")
 
 
-def test_a_sound_adapter_passes_and_loads(adapter, tiny_model):
+def test_a_sound_adapter_passes_and_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
     from peft import PeftModel
 
     from lab_utils.models import check_adapter_dir
 
-    assert check_adapter_dir(adapter, tiny_model, "tiny")["r"] == 4
-    import copy
-
-    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
+    peft_model = add_lora(tiny_model, lora_config(r=4))
+    with torch.no_grad():  # make the adapter do something, so loading it is observable
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    fresh = build_tiny_t5(len(tokenizer), **TINY)
+    assert check_adapter_dir(tmp_path / "adapter", fresh, "tiny")["r"] == 4
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=False)
     assert count_parameters(loaded)[0] == 0
+    ids = tokenizer(["#Person1#: hello"], return_tensors="pt").input_ids
+    peft_model.eval()
+    with torch.no_grad():
+        a = peft_model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
+        b = loaded(input_ids=ids, decoder_input_ids=ids[:, :3]).logits
+    assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_a_failed_build_leaves_no_half_built_model(tmp_path, monkeypatch):

@@ -23,20 +23,17 @@ DIALOGUES = [
 GEN = {"max_new_tokens": 10, "num_beams": 1, "do_sample": False}
 
 
+def summaries(model, tokenizer) -> list[str]:
+    """The greedy summaries of DIALOGUES by `model`."""
+    return summarize(model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
+
+
 def with_adapter(model, folder, tokenizer) -> list[str]:
     """The summaries of DIALOGUES by a copy of `model` with the adapter in `folder`, loaded frozen."""
-    return summarize(
-        PeftModel.from_pretrained(copy.deepcopy(model), folder, is_trainable=False),
-        tokenizer,
-        DIALOGUES,
-        SETTINGS,
-        GEN,
-        progress=False,
-    )
+    return summaries(PeftModel.from_pretrained(copy.deepcopy(model), folder, is_trainable=False), tokenizer)
 
 
 def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tokenizer, tmp_path):
-    """Greedy summaries are equal; logits agree to float32 rounding (W + BA*s summed once vs Wx + B(Ax)*s per step)."""
     from transformers import AutoModelForSeq2SeqLM
 
     before = fingerprint(tiny_model)
@@ -52,27 +49,25 @@ def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tok
     # the only tolerance: float32 rounding (W + s*BA summed once, vs Wx + s*B(Ax) at every step): measured 1.8e-5
     assert (a - b).abs().max() < 1e-4
     assert not torch.equal(a, tiny_model(**ids, decoder_input_ids=ids.input_ids[:, :5]).logits)  # the adapter acts
-    want = summarize(unmerged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
-    assert summarize(merged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    want = summaries(unmerged, tokenizer)
+    assert summaries(merged, tokenizer) == want
     merged.save_pretrained(tmp_path / "merged")  # a plain transformers checkpoint
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
-    assert summarize(reloaded, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    assert summaries(reloaded, tokenizer) == want
     assert fingerprint(tiny_model) == before
 
 
 def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_path):
     first = trained_adapter(tiny_model, tmp_path / "first", seed=1)
     second = trained_adapter(tiny_model, tmp_path / "second", seed=2)
-    alone = {
-        name: with_adapter(tiny_model, folder, tokenizer) for name, folder in (("first", first), ("second", second))
-    }
+    alone = {"first": with_adapter(tiny_model, first, tokenizer), "second": with_adapter(tiny_model, second, tokenizer)}
     assert alone["first"] != alone["second"]  # two different adapters, so the swap is observable
     served = PeftModel.from_pretrained(copy.deepcopy(tiny_model), first, adapter_name="first", is_trainable=False)
     served.load_adapter(second, adapter_name="second", is_trainable=False)
     assert count_parameters(served)[0] == 0
     for name in ("second", "first", "second"):  # back and forth
         served.set_adapter(name)
-        assert summarize(served, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == alone[name], name
+        assert summaries(served, tokenizer) == alone[name], name
 
 
 def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, tokenizer, tmp_path):
@@ -87,15 +82,12 @@ def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, toke
     assert json.loads((old_full / "config.json").read_text())["transformers_version"] == "4.27.2"
     check_model_dir(old_full)
     full = AutoModelForSeq2SeqLM.from_pretrained(old_full)
-    assert summarize(full, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == summarize(
-        tiny_model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False
-    )
+    assert summaries(full, tokenizer) == summaries(tiny_model, tokenizer)
     adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=3)
     old_adapter = write_adapter_peft_0_3(adapter, tmp_path / "old-adapter")
     assert sorted(p.name for p in old_adapter.iterdir()) == ["adapter_config.json", "adapter_model.bin"]
     check_adapter_dir(old_adapter, tiny_model, "tiny")
-    want = with_adapter(tiny_model, adapter, tokenizer)
-    assert with_adapter(tiny_model, old_adapter, tokenizer) == want
+    assert with_adapter(tiny_model, old_adapter, tokenizer) == with_adapter(tiny_model, adapter, tokenizer)
 
 
 @pytest.mark.parametrize(
