@@ -69,7 +69,6 @@ def lab_registry(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A tiny DialogSum-shaped folder of CSVs."""
     return write_dialogsum(tmp_path_factory.mktemp("dialogsum"))
 
 

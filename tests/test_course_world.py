@@ -83,18 +83,14 @@ def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_art
         assert [float(x) for x in row.groups()] == [round(scores[k], 4) for k in ROUGE_KEYS]
 
 
-def test_the_course_s_results_file_in_the_lab_folder_is_preferred(tmp_path, capsys, local_s3, course_artifacts):
+def test_the_course_s_results_file_is_pulled_or_the_lab_folder_s_copy_preferred(tmp_path, capsys, course_bucket):
     settings = load_settings("course", environ={}, work_dir=str(tmp_path))
-    (tmp_path / RESULTS_FILE).write_bytes(course_artifacts[RESULTS_FILE].read_bytes())
-    assert find_results_file(settings) == tmp_path / RESULTS_FILE
-    assert "the lab folder's copy" in capsys.readouterr().out
-
-
-def test_without_a_local_copy_the_results_file_is_pulled(tmp_path, capsys, course_bucket):
-    settings = load_settings("course", environ={}, work_dir=str(tmp_path))
-    path = find_results_file(settings)
+    path = find_results_file(settings)  # no local copy: pulled
     assert path.parent.name == "pulled" and "pulled from s3://dlai-generative-ai/models/" in capsys.readouterr().out
     assert len(read_results_file(path)) == 1500
+    (tmp_path / RESULTS_FILE).write_bytes(path.read_bytes())
+    assert find_results_file(settings) == tmp_path / RESULTS_FILE
+    assert "the lab folder's copy" in capsys.readouterr().out
 
 
 def test_neither_place_names_both(tmp_path, local_s3):

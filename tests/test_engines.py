@@ -26,7 +26,6 @@ GEN = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False}
 
 @pytest.fixture(scope="module")
 def release_model():
-    """The offline release's trained instruct model and its tokenizer (committed)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     return (
@@ -43,7 +42,6 @@ def test_dialogues(data_dir):
 
 
 def test_ctranslate2_fp32_summarizes_exactly_as_pytorch_and_int8_stays_close(release_model, test_dialogues):
-    """The same greedy summaries, word for word: fp32 on both sides, the same prompts, batches and settings."""
     # Measured on the 64 first DialogSum test dialogues with this model: 64 of 64 identical in fp32; int8 (CTranslate2's
     # or PyTorch's) changed 14 of 64, both times the ROUGE change is in `bench --only h`.
     model, tokenizer = release_model

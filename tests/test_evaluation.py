@@ -76,8 +76,6 @@ def test_tables_and_improvements_take_per_row_scores():
     per_row = {k: [0.2, 0.4] for k in ROUGE_KEYS}
     assert rouge_table({"m": per_row}).loc["m", "rouge1"] == pytest.approx(0.3)
     assert improvement({k: 0.5 for k in ROUGE_KEYS}, per_row)["rouge2"] == pytest.approx(20.0)
-    with pytest.raises(LabError):
-        rouge_table({"m": {"rouge1": 0.1}})
 
 
 def test_results_file_round_trip_and_refusals(tmp_path):
@@ -99,16 +97,9 @@ def test_sentences_split_offline():
         "Mr. Smith is here.", "#Person2# leaves!", "Is it 5?", "Yes"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def release_results():
-    from lab_utils.config import RELEASE_DIR
-
-    return read_results_file(RELEASE_DIR / "dialogue-summary-training-results.csv")
-
-
 @pytest.mark.slow
-def test_three_views_of_rouge(release_results):
-    views = rouge_views(release_results.head(60))
+def test_three_views_of_rouge():
+    views = rouge_views(read_results_file(RELEASE_DIR / "dialogue-summary-training-results.csv").head(60))
     course, split, multi = (views[v] for v in ("course-comparable", "sentence-split", "multi-reference"))
     assert (course["rougeL"] == course["rougeLsum"]).all()  # no newlines: Lsum is L
     assert (split[["rouge1", "rouge2", "rougeL"]] == course[["rouge1", "rouge2", "rougeL"]]).all().all()

@@ -107,8 +107,6 @@ def test_section_6_merge_swap_and_serving(cells):
 def test_section_6_ctranslate2_serves_the_merged_model(cells):
     """The converted merged model summarizes the test dialogue, says how many of 5.2's dialogues it summarizes as
     PyTorch's generate does, and shows both times (no speed is asserted: that is the benchmark's)."""
-    import re
-
     summary = text(cells, "ct2-convert").split("CTRANSLATE2 SUMMARY:", 1)[1].splitlines()[0]
     assert summary.strip()
     assert re.search(r"on disk: [\d.]+ [kMG]?B converted, [\d.]+ [kMG]?B merged", text(cells, "ct2-convert"))
@@ -121,8 +119,6 @@ def test_section_6_ctranslate2_serves_the_merged_model(cells):
 def test_the_results_file_story_as_the_notebook_prints_it(cells):
     """Section 5.3 as a learner reads it: the fine-tuned models beat the best constant summary on ROUGE-1/2/L and
     write distinct summaries for >= 90% of the test dialogues (a model that ignores its input could not)."""
-    import re
-
     table = text(cells, "file-rouge-three")
     rows = {
         m.group(1): [float(x) for x in m.groups()[1:4]]

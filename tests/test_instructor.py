@@ -40,7 +40,6 @@ def tiny_settings(tmp_path, data_dir, standin_dir):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, data_dir, standin_dir):
-    """One finished instructor run with `tiny` settings, trained once for this module."""
     return run_instructor(tiny(tmp_path_factory.mktemp("trained"), data_dir, standin_dir, "x"), False, False)
 
 

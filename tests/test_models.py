@@ -168,7 +168,6 @@ def test_rerunning_the_lora_cell_does_not_stack_adapters(tiny_model):
 
 @pytest.fixture
 def adapter(tiny_model, tmp_path):
-    """A LoRA adapter (r=4) saved for the tiny model."""
     add_lora(tiny_model, lora_config(r=4)).save_pretrained(tmp_path / "adapter")
     return tmp_path / "adapter"
 
@@ -218,7 +217,6 @@ def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, a
 
 
 def test_an_adapter_for_another_base_model_is_named(tokenizer, adapter):
-    """An adapter whose shapes do not fit (e.g. trained for flan-t5-large) is reported with what it was made for."""
     from lab_utils.models import check_adapter_dir
 
     config = adapter / "adapter_config.json"

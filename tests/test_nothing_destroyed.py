@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from lab_utils.__main__ import NOTEBOOK, main
+from lab_utils.backstage.summarize_cli import read_dialogues
 from lab_utils.config import PROJECT_ROOT, load_settings
+from lab_utils.errors import LabError
 
 OFFLINE = load_settings("offline", environ={})
 
@@ -142,7 +146,6 @@ TWO = ["#Person1#: Hello, how are you?\n#Person2#: Fine, thanks.", "#Person1#: W
     ],
 )
 def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
-    from lab_utils.backstage.summarize_cli import read_dialogues
 
     (tmp_path / name).write_bytes(data)
     want = [TWO[0], TWO[1].replace("station", "café")] if "encoding" in extra else TWO
@@ -164,8 +167,6 @@ def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
     ],
 )
 def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, data, words):
-    from lab_utils.backstage.summarize_cli import read_dialogues
-    from lab_utils.errors import LabError
 
     (tmp_path / name).mkdir() if data is None else (tmp_path / name).write_bytes(data)
     with pytest.raises(LabError) as error:
@@ -174,24 +175,12 @@ def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, 
         assert word.lower() in str(error.value).lower()
 
 
-def test_every_dialogue_given_is_read_or_refused(tmp_path, monkeypatch):
-    import io
-
-    from lab_utils.backstage.summarize_cli import read_dialogues
-
+def test_every_dialogue_given_is_read_or_refused_and_standard_input_in_every_state(tmp_path, monkeypatch):
     long = "#Person1#: " + "word " * 40_000  # over the csv module's default limit of 128 kB a field
     (tmp_path / "long.csv").write_text(f'dialogue\n"{long}"\n"{TWO[1]}"\n')
     assert read_dialogues(str(tmp_path / "long.csv")) == [long.strip(), TWO[1]]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f'dialogue\n"{TWO[0]}"\n"{TWO[1]}"\n'.encode())))
     assert read_dialogues("-", column="dialogue") == TWO  # a CSV on standard input
-
-
-def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
-    import io
-
-    from lab_utils.backstage.summarize_cli import read_dialogues
-    from lab_utils.errors import LabError
-
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n\n".join(TWO).encode("utf-16"))))
     assert read_dialogues("-") == TWO  # a byte-order mark, read from the bytes, not through a UTF-8 text layer
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
@@ -209,7 +198,6 @@ def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
 
 
 def test_settings_replace_checks_types_like_load():
-    from lab_utils.errors import LabError
 
     for change in ({"seed": "1"}, {"train_batch_size": 2.5}, {"gradient_checkpointing": 1}, {"nope": 1}):
         with pytest.raises(LabError):
@@ -218,7 +206,6 @@ def test_settings_replace_checks_types_like_load():
 
 
 def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
-    from lab_utils.errors import LabError
     from lab_utils.generation import summarize
 
     with pytest.raises(LabError, match="batch_size=True"):
@@ -235,7 +222,6 @@ def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
     ],
 )
 def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
-    from lab_utils.errors import LabError
     from lab_utils.scoring import improvement, rouge_table
 
     with pytest.raises(LabError, match=words):

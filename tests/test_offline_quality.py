@@ -87,9 +87,8 @@ def test_a_model_that_ignores_its_input_fails_the_checks(results, dialogsum):
 
 
 def test_the_committed_models_reproduce_the_committed_results(results, dialogsum):
-    """The release's models, loaded as the notebook loads them, write the release's results again (16 dialogues)."""
-    # generated in other batches than the instructor's; when this release was made, the first 60 dialogues came out
-    # identical for all three models
+    # the release's models, loaded as the notebook loads them, on 16 dialogues, in other batches than the instructor's;
+    # when this release was made, the first 60 dialogues came out identical for all three models
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

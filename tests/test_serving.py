@@ -24,7 +24,6 @@ GEN = {"max_new_tokens": 10, "num_beams": 1, "do_sample": False}
 
 
 def summaries(model, tokenizer) -> list[str]:
-    """The greedy summaries of DIALOGUES by `model`."""
     return summarize(model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
 
 
@@ -71,7 +70,6 @@ def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_
 
 
 def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, tokenizer, tmp_path):
-    """A transformers-4.27 `pytorch_model.bin` and a peft-0.3 `adapter_model.bin` give the same summaries."""
     from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
     from transformers import AutoModelForSeq2SeqLM
 
