@@ -30,15 +30,8 @@ def test_each_setting_is_written_once():
 
 
 def test_environment_overrides_are_typed():
-    s = load_settings(
-        environ={
-            "LAB_PROFILE": "offline",
-            "LAB_SEED": "7",
-            "LAB_LORA_LR": "0.5",
-            "LAB_S3_ANONYMOUS": "yes",
-            "LAB_S3_URI": "s3://my-bucket/p/",
-        }
-    )
+    env = {"LAB_PROFILE": "offline", "LAB_SEED": "7", "LAB_LORA_LR": "0.5", "LAB_S3_ANONYMOUS": "yes"}
+    s = load_settings(environ={**env, "LAB_S3_URI": "s3://my-bucket/p/"})
     assert (s.seed, s.lora_lr, s.s3_anonymous, s.s3("x.csv")) == (7, 0.5, True, "s3://my-bucket/p/x.csv")
 
 

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 
 import pytest
 import torch
 from conftest import SETTINGS, TINY
+from notebook import notebook_trainer
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
-from lab_utils.backstage.instructor import lora_config
+from lab_utils.backstage import standin
+from lab_utils.backstage.instructor import lora_config, tokenize
 from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG, TINY_CONFIG, build_tiny_t5, denoise
+from lab_utils.data import load_dialogsum_csv
 from lab_utils.errors import LabError
-from lab_utils.models import count_parameters, fingerprint, parameter_report
+from lab_utils.models import check_adapter_dir, check_model_dir, count_parameters, fingerprint, parameter_report
 
 
 def add_lora(model, config):
     """What the notebook's cell 4.1 does: LoRA on a copy of the model."""
-    import copy
-
-    from peft import get_peft_model
-
     return get_peft_model(copy.deepcopy(model), config)
 
 
 def train(model, tokenizer, train_dataset, out, lora: bool, **changes):
     """3 steps of the notebook's own trainer (its cells) at a high learning rate, so that weights really move."""
-    from notebook import notebook_trainer
-
     settings = SETTINGS.replace(train_batch_size=4, full_lr=1e-2, lora_lr=1e-2, notebook_full_steps=3,
                                 notebook_lora_steps=3, **changes)  # fmt: skip
     trainer = notebook_trainer(model, tokenizer, train_dataset, out, settings, lora=lora)
@@ -41,8 +42,6 @@ def loss_history(trainer) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def flan_t5_base_shape():
     """flan-t5-base's architecture from its public config values, on the meta device (no weights, no download)."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
     with torch.device("meta"):
         return T5ForConditionalGeneration(T5Config(**FLAN_T5_BASE_CONFIG))
 
@@ -64,32 +63,23 @@ def test_lora_figures_of_the_course(flan_t5_base_shape):
 
 @pytest.fixture
 def dataset(tokenizer, data_dir):
-    from lab_utils.backstage.instructor import tokenize
-    from lab_utils.data import load_dialogsum_csv
-
     return tokenize(load_dialogsum_csv(data_dir), tokenizer, SETTINGS)["train"]
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])
-def test_original_model_unchanged_by_training(kind, tiny_model, tokenizer, dataset, tmp_path):
-    before = fingerprint(tiny_model)
-    trainer = train(tiny_model, tokenizer, dataset, tmp_path, lora=kind == "lora")
-    assert len(loss_history(trainer)) == 3
-    assert fingerprint(trainer.model) != before  # training did change the trained model...
-    assert fingerprint(tiny_model) == before  # ...and not the original
-    assert not any("lora" in name for name, _ in tiny_model.named_modules())
-
-
-@pytest.mark.parametrize("kind", ["full", "lora"])
-def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dataset, tmp_path):
-    """LAB_GRADIENT_CHECKPOINTING trades time for memory only: same losses, same trained weights."""
-    runs = []
+def test_training_spares_the_original_and_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dataset, tmp_path):
+    """Training changes a copy, never the original model; LAB_GRADIENT_CHECKPOINTING trades time for memory only:
+    same losses, same trained weights."""
+    before, runs = fingerprint(tiny_model), []
     for checkpointing in (False, True):
         torch.manual_seed(0)  # LoRA's A matrices start random: the same start for both runs
         trainer = train(tiny_model, tokenizer, dataset, tmp_path / str(checkpointing), lora=kind == "lora",
                         gradient_checkpointing=checkpointing)  # fmt: skip
         model = trainer.model
-        assert model.is_gradient_checkpointing == checkpointing
+        assert model.is_gradient_checkpointing == checkpointing and len(loss_history(trainer)) == 3
+        assert fingerprint(model) != before  # training did change the trained model...
+        assert fingerprint(tiny_model) == before  # ...and not the original
+        assert not any("lora" in name for name, _ in tiny_model.named_modules())
         trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         runs.append(([loss for _, loss in loss_history(trainer)], trained))
     (losses, weights), (losses_ck, weights_ck) = runs
@@ -100,8 +90,6 @@ def test_gradient_checkpointing_trains_the_same(kind, tiny_model, tokenizer, dat
 
 
 def test_offline_stand_in_is_t5_v1_1_with_untied_head_and_stays_so_when_saved(tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
     model = build_tiny_t5(4100)
     assert model.config.feed_forward_proj == "gated-gelu" and not model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
@@ -117,8 +105,6 @@ def test_offline_stand_in_is_t5_v1_1_with_untied_head_and_stays_so_when_saved(tm
 
 
 def test_denoising_masks_spans_and_asks_for_the_clean_text():
-    import random
-
     ids = list(range(10, 74))  # 64 tokens, as in the second pretraining phase
     sentinels = list(range(1000, 900, -1))
     source, target = denoise(ids, sentinels, eos_id=1, rng=random.Random(0))
@@ -138,8 +124,6 @@ def test_denoising_masks_spans_and_asks_for_the_clean_text():
 )  # fmt: skip
 def test_a_damaged_checkpoint_is_named_before_it_loads(damage, named, tiny_model, tmp_path):
     """Each damage is named; NaN weights (what a diverged run saves) load, so only the finite check stops them."""
-    from lab_utils.models import check_model_dir
-
     if damage == "nan":
         with torch.no_grad():
             tiny_model.decoder.block[1].layer[0].SelfAttention.v.weight[3, 5] = float("nan")
@@ -208,8 +192,6 @@ def _damage(adapter, how):
     ],
 )
 def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, adapter, tiny_model):
-    from lab_utils.models import check_adapter_dir
-
     _damage(adapter, how)
     with pytest.raises(LabError, match=message) as error:
         check_adapter_dir(adapter, tiny_model, "the tiny model")
@@ -217,8 +199,6 @@ def test_a_damaged_adapter_is_reported_before_peft_loads_it(how, message, fix, a
 
 
 def test_an_adapter_for_another_base_model_is_named(tokenizer, adapter):
-    from lab_utils.models import check_adapter_dir
-
     config = adapter / "adapter_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "google/flan-t5-large"}))
     wider = build_tiny_t5(len(tokenizer), **{**TINY, "d_model": 48})
@@ -227,10 +207,6 @@ def test_an_adapter_for_another_base_model_is_named(tokenizer, adapter):
 
 
 def test_a_sound_adapter_passes_and_loads_frozen_on_a_fresh_base(tiny_model, tokenizer, tmp_path):
-    from peft import PeftModel
-
-    from lab_utils.models import check_adapter_dir
-
     peft_model = add_lora(tiny_model, lora_config(r=4))
     with torch.no_grad():  # make the adapter do something, so loading it is observable
         for name, p in peft_model.named_parameters():
@@ -251,8 +227,6 @@ def test_a_sound_adapter_passes_and_loads_frozen_on_a_fresh_base(tiny_model, tok
 
 def test_a_failed_build_leaves_no_half_built_model(tmp_path, monkeypatch):
     """A crash while pretraining the stand-in (here: a diverging loss) leaves neither the model nor `.building`."""
-    from lab_utils.backstage import standin
-
     monkeypatch.setattr(standin, "pretrain", lambda *a, **k: [float("nan")])
     texts = ["#Person1#: Hello there, how are you?\n#Person2#: Fine, thanks."] * 40
     with pytest.raises(LabError, match="diverged"):
