@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import refused
+from IPython.core.interactiveshell import InteractiveShell
 
 from lab_utils.__main__ import main
 from lab_utils.config import OFFLINE, PROJECT_ROOT, load_settings, profile_defaults
-from lab_utils.errors import LabError
+from lab_utils.errors import LabError, install_notebook_handler
 
 
 def test_profile_defaults():
@@ -20,10 +22,8 @@ def test_profile_defaults():
     assert (course.full_lr, course.lora_lr, course.max_source_length) == (1e-5, 1e-3, 512)
     offline = load_settings(environ={"LAB_PROFILE": "offline"})
     assert offline.offline and offline.path(offline.data_dir).name == "dialogsum"
-
-
-def test_each_setting_is_written_once():
-    """The course's values are the dataclass defaults; the offline profile lists only what differs."""
+    # each setting is written once: the course's values are the dataclass defaults, the offline profile lists only
+    # what differs
     course = profile_defaults("course")
     assert all(OFFLINE[name] != course[name] for name in OFFLINE)
     assert set(OFFLINE) <= set(course)
@@ -92,10 +92,7 @@ def test_bad_setting_stops_every_command_with_one_message(variable, value, messa
     monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv(variable, value)
     for command in (["settings"], ["instructor", "--no-upload"], ["build-model", "--out", str(tmp_path / "m")]):
-        assert main(command) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and f"`{variable}`" in err and message in err, err
-        assert "Traceback" not in err
+        refused(main(command), capsys, f"`{variable}`", message)
     assert not (tmp_path / "work").exists() and not (tmp_path / "m").exists()  # nothing was written
 
 
@@ -137,16 +134,15 @@ def test_a_bad_setting_in_a_real_process_prints_no_traceback(command, variable, 
 
 def test_hub_id_never_becomes_a_local_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["--profile", "offline", "build-model", "--out", "google/flan-t5-base"]) == 2
-    assert "looks like a Hugging Face Hub id" in capsys.readouterr().err
+    refused(
+        main(["--profile", "offline", "build-model", "--out", "google/flan-t5-base"]),
+        capsys,
+        "looks like a Hugging Face Hub id",
+    )
     assert not (PROJECT_ROOT / "google").exists() and not (tmp_path / "google").exists()
 
 
 def test_lab_error_in_ipython_is_one_message(capsys):
-    from IPython.core.interactiveshell import InteractiveShell
-
-    from lab_utils.errors import install_notebook_handler
-
     shell = InteractiveShell.instance()
     try:
         install_notebook_handler()

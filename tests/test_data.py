@@ -21,6 +21,8 @@ def test_load_csv_folder(data_dir):
     assert split_sizes(ds) == {"train": 60, "validation": 6, "test": 18}
     assert ds["train"].column_names == ["id", "dialogue", "summary", "topic"]
     assert "\n#Person2#:" in ds["train"][0]["dialogue"]  # turns stay on their own lines
+    rows = first_dialogue_rows(ds["test"], 2)  # every reference row of the first 2 dialogues
+    assert len(rows) == 6 and len(set(rows["dialogue"])) == 2
 
 
 def test_a_missing_folder_or_split_is_named(data_dir, tmp_path):
@@ -86,8 +88,3 @@ def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, token
         logits = tiny_model(**batch).logits[0]
         loss_in_batch = torch.nn.functional.cross_entropy(logits, batch["labels"][0], ignore_index=-100)
     assert torch.allclose(loss_alone, loss_in_batch, atol=1e-5)
-
-
-def test_first_rows_hold_every_reference_of_the_first_dialogues(data_dir):
-    rows = first_dialogue_rows(load_dialogsum_csv(data_dir)["test"], 2)
-    assert len(rows) == 6 and len(set(rows["dialogue"])) == 2

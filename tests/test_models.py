@@ -46,14 +46,11 @@ def flan_t5_base_shape():
         return T5ForConditionalGeneration(T5Config(**FLAN_T5_BASE_CONFIG))
 
 
-def test_flan_t5_base_parameter_count(flan_t5_base_shape):
+def test_flan_t5_base_parameter_count_and_the_course_s_lora_figures(flan_t5_base_shape):
     assert count_parameters(flan_t5_base_shape) == (247_577_856, 247_577_856)
     assert "percentage of trainable model parameters: 100.00%" in parameter_report(flan_t5_base_shape)
     # T5 v1.1: the lm_head is its own matrix, not the shared embedding
     assert flan_t5_base_shape.lm_head.weight is not flan_t5_base_shape.shared.weight
-
-
-def test_lora_figures_of_the_course(flan_t5_base_shape):
     peft_model = add_lora(flan_t5_base_shape, lora_config())
     assert count_parameters(peft_model) == (3_538_944, 251_116_800)
     assert "percentage of trainable model parameters: 1.41%" in parameter_report(peft_model)

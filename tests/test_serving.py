@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 
+import pandas as pd
 import pytest
 import torch
-from conftest import SETTINGS, trained_adapter
+from conftest import SETTINGS, refused, trained_adapter
+from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
 from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM
 
 from lab_utils.__main__ import main
+from lab_utils.backstage.standin import build_tiny_t5
+from lab_utils.config import load_settings
 from lab_utils.generation import summarize
-from lab_utils.models import count_parameters, fingerprint
+from lab_utils.models import check_adapter_dir, check_model_dir, count_parameters, fingerprint
+from lab_utils.serving import serving_table
 
 DIALOGUES = [
     "#Person1#: Where is the station?\n#Person2#: Next to the park, five minutes from here.",
@@ -33,8 +40,6 @@ def with_adapter(model, folder, tokenizer) -> list[str]:
 
 
 def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tokenizer, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
     before = fingerprint(tiny_model)
     adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=0)
     unmerged = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
@@ -70,11 +75,6 @@ def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_
 
 
 def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, tokenizer, tmp_path):
-    from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
-    from transformers import AutoModelForSeq2SeqLM
-
-    from lab_utils.models import check_adapter_dir, check_model_dir
-
     tiny_model.save_pretrained(tmp_path / "today")
     old_full = write_full_checkpoint_4_27(tmp_path / "today", tmp_path / "old-full")
     assert json.loads((old_full / "config.json").read_text())["transformers_version"] == "4.27.2"
@@ -103,13 +103,7 @@ def test_adapter_configs_with_fields_of_other_peft_versions_load(extra, tiny_mod
 # --- the summarize command ------------------------------------------------------------------------------------------
 
 
-def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path, capsys, monkeypatch):
-    import io
-
-    import pandas as pd
-
-    from lab_utils.config import load_settings
-
+def test_summarize_command_reads_files_and_stdin_and_serves_adapters(served, tokenizer, tmp_path, capsys, monkeypatch):
     settings = load_settings()
     want = summarize(served["base"], tokenizer, DIALOGUES, settings, progress=False)
     (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES) + "\n")
@@ -121,11 +115,6 @@ def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("\n\n".join(DIALOGUES)))
     assert main(["summarize"]) == 0
     assert capsys.readouterr().out.splitlines()[-3:] == want
-
-
-def test_summarize_command_with_an_adapter_or_a_merged_model(served, tmp_path, capsys):
-    (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES))
-    capsys.readouterr()
     assert main(["summarize", "--adapter", str(served["adapter"]), str(tmp_path / "d.txt")]) == 0
     with_adapter = capsys.readouterr().out
     assert main(["summarize", "--merged", str(served["merged"]), str(tmp_path / "d.txt")]) == 0
@@ -148,16 +137,11 @@ def test_summarize_command_with_an_adapter_or_a_merged_model(served, tmp_path, c
 def test_summarize_command_explains_bad_input(served, tmp_path, capsys, make, args, message):
     path = tmp_path / "input.txt"
     make(path)
-    assert main(["summarize", *args, str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    refused(main(["summarize", *args, str(path)]), capsys, message)
 
 
 @pytest.mark.slow
 def test_serving_table_measures_both_ways(tokenizer, tmp_path):
-    from lab_utils.backstage.standin import build_tiny_t5
-    from lab_utils.serving import serving_table
-
     # wide enough (5M parameters, 20 MB each) that two full models stand out from the process's own memory
     base = build_tiny_t5(len(tokenizer), d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3)
     base.save_pretrained(tmp_path / "base")

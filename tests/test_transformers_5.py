@@ -21,7 +21,10 @@ import subprocess
 import sys
 
 import pytest
+import transformers
+from transformers import T5Config, T5ForConditionalGeneration
 
+from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
 from lab_utils.config import PROJECT_ROOT
 
 # transformers 5.23.0 and what it needs beyond this environment (the lab's torch, numpy, safetensors, ... are reused)
@@ -94,11 +97,6 @@ def test_transformers_5_fails_the_lab_s_checks(tmp_path):
 
 def test_this_environment_keeps_flan_t5_untied():
     """The pinned 4.57.6: the same checks hold (the benchmark's architecture is Flan-T5's, 247,577,856)."""
-    import transformers
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
-
     assert transformers.__version__ == "4.57.6"
     config = T5Config(**FLAN_T5_BASE_CONFIG)
     assert config.tie_word_embeddings is False
