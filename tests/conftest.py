@@ -4,12 +4,20 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
+import pandas as pd
 import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForSeq2SeqLM
 
+from lab_utils.backstage.instructor import lora_config
 from lab_utils.backstage.local_s3 import LocalS3
+from lab_utils.backstage.standin import build_tiny_t5, train_tokenizer
 from lab_utils.config import load_settings
+from lab_utils.data import load_dialogsum_csv
 
 TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)  # unit tests' T5 size
 
@@ -36,17 +44,14 @@ def make_dialogue(rng: random.Random, turns: int = 4) -> tuple[str, str]:
 
 def write_dialogsum(folder, n_train: int = 60, n_val: int = 6, n_test_dialogues: int = 6, seed: int = 0):
     """Write train/validation/test CSVs in the Hub layout; test repeats each dialogue with 3 references."""
-    import pandas as pd
-
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
 
     def rows(prefix, n):
-        out = []
-        for i in range(n):
-            d, s = make_dialogue(rng)
-            out.append({"id": f"{prefix}_{i}", "dialogue": d, "summary": s, "topic": "chat"})
-        return out
+        return [
+            dict(zip(("id", "dialogue", "summary", "topic"), (f"{prefix}_{i}", *make_dialogue(rng), "chat")))
+            for i in range(n)
+        ]
 
     pd.DataFrame(rows("train", n_train)).to_csv(folder / "train.csv", index=False)
     pd.DataFrame(rows("dev", n_val)).to_csv(folder / "validation.csv", index=False)
@@ -69,16 +74,12 @@ def lab_registry(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A tiny DialogSum-shaped folder of CSVs."""
     return write_dialogsum(tmp_path_factory.mktemp("dialogsum"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(data_dir, tmp_path_factory):
     """A SentencePiece T5 tokenizer trained on the tiny dataset."""
-    from lab_utils.backstage.standin import train_tokenizer
-    from lab_utils.data import load_dialogsum_csv
-
     train = load_dialogsum_csv(data_dir)["train"]
     return train_tokenizer(
         list(train["dialogue"]) + list(train["summary"]), tmp_path_factory.mktemp("tok"), vocab_size=300
@@ -88,8 +89,6 @@ def tokenizer(data_dir, tmp_path_factory):
 @pytest.fixture
 def tiny_model(tokenizer):
     """A fresh tiny random T5 v1.1 (untied lm_head) for the tiny tokenizer."""
-    from lab_utils.backstage.standin import build_tiny_t5
-
     return build_tiny_t5(len(tokenizer), **TINY)
 
 
@@ -100,18 +99,22 @@ def local_s3():
         for name, value in server.env().items():
             mp.setenv(name, value)
         # Isolate from the user's own AWS setup and never ask the EC2 metadata service.
-        for name in (
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "AWS_ENDPOINT_URL",
-            "AWS_MAX_ATTEMPTS",
-            "AWS_RETRY_MODE",
-        ):
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
             mp.delenv(name, raising=False)
         mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         yield server
+
+
+def refused(code, capsys, *words) -> str:
+    """The command exited 2 with one message (no traceback) that holds `words`; returns it."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
 
 
 # the settings unit tests generate with: the offline profile's, prompts kept up to 512 tokens, no environment
@@ -121,10 +124,6 @@ SETTINGS = load_settings("offline", environ={}, max_source_length=512)
 @pytest.fixture(scope="session")
 def standin_dir(tokenizer, tmp_path_factory):
     """A tiny stand-in "original model" folder (tokenizer + tiny T5), what `LAB_MODEL_ID` points at in tests."""
-    import torch
-
-    from lab_utils.backstage.standin import build_tiny_t5
-
     folder = tmp_path_factory.mktemp("stand-in")
     tokenizer.save_pretrained(folder)
     model = build_tiny_t5(len(tokenizer), **TINY)
@@ -139,13 +138,6 @@ def standin_dir(tokenizer, tmp_path_factory):
 
 def trained_adapter(model, folder, seed: int, std: float = 0.3):
     """A LoRA adapter whose B matrices are random (as after training), saved to `folder`."""
-    import copy
-
-    import torch
-    from peft import get_peft_model
-
-    from lab_utils.backstage.instructor import lora_config
-
     torch.manual_seed(seed)
     peft_model = get_peft_model(copy.deepcopy(model), lora_config(r=4))
     with torch.no_grad():
@@ -160,11 +152,6 @@ def trained_adapter(model, folder, seed: int, std: float = 0.3):
 def served(standin_dir, tmp_path, monkeypatch):
     """The summarize command's environment on the tiny stand-in (the original model), with an adapter and a merged
     model (saved without a tokenizer: the command then reads the original model's)."""
-    import copy
-
-    from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM
-
     monkeypatch.setenv("LAB_PROFILE", "offline")
     monkeypatch.setenv("LAB_MODEL_ID", str(standin_dir))
     monkeypatch.setenv("LAB_WORK_DIR", str(tmp_path / "work"))

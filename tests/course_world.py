@@ -20,21 +20,9 @@ COURSE_BUCKET = "dlai-generative-ai"
 COURSE_PREFIX = f"s3://{COURSE_BUCKET}/models/"
 
 # every field of the adapter_config.json that peft 0.3 wrote (no newer field)
-PEFT_0_3_CONFIG = {
-    "base_model_name_or_path": "google/flan-t5-base",
-    "bias": "none",
-    "enable_lora": None,
-    "fan_in_fan_out": False,
-    "inference_mode": True,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "merge_weights": False,
-    "modules_to_save": None,
-    "peft_type": "LORA",
-    "r": 32,
-    "target_modules": ["q", "v"],
-    "task_type": "SEQ_2_SEQ_LM",
-}
+PEFT_0_3_CONFIG = json.loads("""{"base_model_name_or_path": "google/flan-t5-base", "bias": "none", "enable_lora": null,
+  "fan_in_fan_out": false, "inference_mode": true, "lora_alpha": 32, "lora_dropout": 0.05, "merge_weights": false,
+  "modules_to_save": null, "peft_type": "LORA", "r": 32, "target_modules": ["q", "v"], "task_type": "SEQ_2_SEQ_LM"}""")
 
 
 def write_full_checkpoint_4_27(source: Path, out: Path) -> Path:

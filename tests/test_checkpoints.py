@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 from conftest import SETTINGS, TINY, trained_adapter
+from transformers import AutoModelForSeq2SeqLM
 
 from lab_utils import checkpoints
+from lab_utils.backstage.standin import build_tiny_t5
 from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, TOPIC_CHECKPOINT, pull_adapter
 from lab_utils.config import parse_s3_uri
 from lab_utils.errors import LabError
@@ -43,10 +45,6 @@ def settings(local_s3, standin_dir, tmp_path):
 
 
 def test_a_published_adapter_is_checked_against_the_original_model(settings, standin_dir, tokenizer, tmp_path):
-    from transformers import AutoModelForSeq2SeqLM
-
-    from lab_utils.backstage.standin import build_tiny_t5
-
     good = trained_adapter(AutoModelForSeq2SeqLM.from_pretrained(standin_dir), tmp_path / "good", seed=1)
     push(good, settings.s3(PEFT_CHECKPOINT + "/"))
     assert (pull_adapter(settings) / "adapter_config.json").is_file()

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import re
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError, NoCredentialsError
 from course_world import COURSE_BUCKET, COURSE_PREFIX, build_course_artifacts
 from notebook import code_cells, output_text
 
+from lab_utils import s3 as transfers
+from lab_utils.__main__ import main
 from lab_utils.checkpoints import RESULTS_FILE, find_results_file
 from lab_utils.config import PROJECT_ROOT, RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
 from lab_utils.results_file import read_results_file
+from lab_utils.s3 import push
 from lab_utils.scoring import ROUGE_KEYS, score_results_file
 
 DIALOGSUM = load_settings("offline", environ={}).path("../shared/dialogsum")
@@ -29,17 +34,11 @@ def course_artifacts(tmp_path_factory):
 @pytest.fixture
 def course_bucket(local_s3, course_artifacts):
     """The course's bucket on the local S3 server, holding the course-format artifacts."""
-    from lab_utils.s3 import push
-
     for name, path in course_artifacts.items():
         push(path, COURSE_PREFIX + name + ("/" if path.is_dir() else ""))
     yield COURSE_PREFIX
-    import boto3
 
-    client = boto3.client("s3")
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=COURSE_BUCKET):
-        for o in page.get("Contents", []):
-            client.delete_object(Bucket=COURSE_BUCKET, Key=o["Key"])
+    boto3.resource("s3").Bucket(COURSE_BUCKET).objects.all().delete()
 
 
 def course_environment(monkeypatch, work) -> None:
@@ -56,8 +55,6 @@ def course_environment(monkeypatch, work) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not DIALOGSUM.is_dir(), reason=f"needs DialogSum in {DIALOGSUM}")
 def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_artifacts, monkeypatch, tmp_path):
-    from lab_utils.__main__ import main
-
     course_environment(monkeypatch, tmp_path / "work")
     out = tmp_path / "course.ipynb"
     assert main(["run", "-p", "EVAL_DIALOGUES", "3", "--output", str(out)]) == 0  # the README's `run`, papermill
@@ -83,23 +80,17 @@ def test_the_whole_notebook_runs_in_the_course_profile(course_bucket, course_art
         assert [float(x) for x in row.groups()] == [round(scores[k], 4) for k in ROUGE_KEYS]
 
 
-def test_the_course_s_results_file_in_the_lab_folder_is_preferred(tmp_path, capsys, local_s3, course_artifacts):
+def test_the_course_s_results_file_is_pulled_or_the_lab_folder_s_copy_preferred(tmp_path, capsys, course_bucket):
     settings = load_settings("course", environ={}, work_dir=str(tmp_path))
-    (tmp_path / RESULTS_FILE).write_bytes(course_artifacts[RESULTS_FILE].read_bytes())
+    path = find_results_file(settings)  # no local copy: pulled
+    assert path.parent.name == "pulled" and "pulled from s3://dlai-generative-ai/models/" in capsys.readouterr().out
+    assert len(read_results_file(path)) == 1500
+    (tmp_path / RESULTS_FILE).write_bytes(path.read_bytes())
     assert find_results_file(settings) == tmp_path / RESULTS_FILE
     assert "the lab folder's copy" in capsys.readouterr().out
 
 
-def test_without_a_local_copy_the_results_file_is_pulled(tmp_path, capsys, course_bucket):
-    settings = load_settings("course", environ={}, work_dir=str(tmp_path))
-    path = find_results_file(settings)
-    assert path.parent.name == "pulled" and "pulled from s3://dlai-generative-ai/models/" in capsys.readouterr().out
-    assert len(read_results_file(path)) == 1500
-
-
 def test_neither_place_names_both(tmp_path, local_s3):
-    import boto3
-
     boto3.client("s3").create_bucket(Bucket="empty-course-bucket")
     settings = load_settings("course", environ={}, work_dir=str(tmp_path), s3_uri="s3://empty-course-bucket/models/")
     with pytest.raises(LabError) as error:
@@ -110,10 +101,6 @@ def test_neither_place_names_both(tmp_path, local_s3):
 
 @pytest.mark.parametrize("problem", ["no credentials", "access denied"])
 def test_credential_problems_on_the_course_bucket_say_what_to_try(problem, tmp_path, monkeypatch):
-    from botocore.exceptions import ClientError, NoCredentialsError
-
-    from lab_utils import s3 as transfers
-
     def refuse(*args, **kwargs):
         if problem == "no credentials":
             raise NoCredentialsError()

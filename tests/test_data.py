@@ -21,6 +21,8 @@ def test_load_csv_folder(data_dir):
     assert split_sizes(ds) == {"train": 60, "validation": 6, "test": 18}
     assert ds["train"].column_names == ["id", "dialogue", "summary", "topic"]
     assert "\n#Person2#:" in ds["train"][0]["dialogue"]  # turns stay on their own lines
+    rows = first_dialogue_rows(ds["test"], 2)  # every reference row of the first 2 dialogues
+    assert len(rows) == 6 and len(set(rows["dialogue"])) == 2
 
 
 def test_a_missing_folder_or_split_is_named(data_dir, tmp_path):
@@ -32,23 +34,26 @@ def test_a_missing_folder_or_split_is_named(data_dir, tmp_path):
         load_dialogsum_csv(tmp_path)
 
 
-def test_missing_column_is_named(data_dir, tmp_path):
-    for split in ("train", "validation", "test"):
-        frame = pd.read_csv(data_dir / f"{split}.csv")
-        if split == "validation":
-            frame = frame.drop(columns=["summary"])
-        frame.to_csv(tmp_path / f"{split}.csv", index=False)
-    with pytest.raises(LabError, match=r"validation.csv lacks column\(s\) summary"):
-        load_dialogsum_csv(tmp_path)
+def blank(column: str, row: int):  # that cell holds whitespace only: nothing to read or to learn
+    return lambda frame: frame.assign(**{column: frame[column].mask(frame.index == row, "   ")})
 
 
-def test_empty_dialogue_is_reported_with_its_line(data_dir, tmp_path):
-    for split in ("train", "validation", "test"):
-        frame = pd.read_csv(data_dir / f"{split}.csv")
-        if split == "train":
-            frame.loc[2, "dialogue"] = "   "
-        frame.to_csv(tmp_path / f"{split}.csv", index=False)
-    with pytest.raises(LabError, match=r"1 empty dialogue\(s\) \(CSV line 4\)"):
+@pytest.mark.parametrize(
+    ("split", "change", "message"),
+    [
+        ("validation", lambda frame: frame.drop(columns=["summary"]), r"validation.csv lacks column\(s\) summary"),
+        ("train", blank("dialogue", 2), r"1 empty dialogue\(s\) \(CSV line 4\)"),
+        ("train", blank("summary", 3), r"1 empty summary\(s\) \(CSV line 5\)"),
+        ("train", lambda frame: frame.iloc[:0], "train.csv has a header but no rows"),
+        ("test", lambda frame: frame.iloc[:0], "test.csv has a header but no rows"),
+    ],
+    ids=["missing-column", "empty-dialogue", "empty-summary", "header-only-train", "header-only-test"],
+)
+def test_a_bad_split_is_named_with_its_file_and_line(split, change, message, data_dir, tmp_path):
+    for name in ("train", "validation", "test"):
+        frame = pd.read_csv(data_dir / f"{name}.csv")
+        (change(frame) if name == split else frame).to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(LabError, match=message):
         load_dialogsum_csv(tmp_path)
 
 
@@ -83,17 +88,3 @@ def test_label_padding_is_minus_100_and_does_not_change_the_loss(data_dir, token
         logits = tiny_model(**batch).logits[0]
         loss_in_batch = torch.nn.functional.cross_entropy(logits, batch["labels"][0], ignore_index=-100)
     assert torch.allclose(loss_alone, loss_in_batch, atol=1e-5)
-
-
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_header_only_csv_is_explained(split, data_dir, tmp_path):
-    for name in ("train", "validation", "test"):
-        frame = pd.read_csv(data_dir / f"{name}.csv")
-        (frame.iloc[:0] if name == split else frame).to_csv(tmp_path / f"{name}.csv", index=False)
-    with pytest.raises(LabError, match=f"{split}.csv has a header but no rows"):
-        load_dialogsum_csv(tmp_path)
-
-
-def test_first_rows_hold_every_reference_of_the_first_dialogues(data_dir):
-    rows = first_dialogue_rows(load_dialogsum_csv(data_dir)["test"], 2)
-    assert len(rows) == 6 and len(set(rows["dialogue"])) == 2

@@ -12,24 +12,16 @@ from notebook import run_cells
 from rouge_score import rouge_scorer
 
 from lab_utils.config import RELEASE_DIR, load_settings
+from lab_utils.data import load_dialogsum_csv
 from lab_utils.errors import LabError
 from lab_utils.generation import summarize
 from lab_utils.results_file import RESULTS_COLUMNS, read_results_file, write_results_file
-from lab_utils.scoring import (
-    ROUGE_KEYS,
-    compute_rouge,
-    improvement,
-    rouge_table,
-    rouge_views,
-    split_sentences,
-)
+from lab_utils.scoring import ROUGE_KEYS, compute_rouge, improvement, rouge_table, rouge_views, split_sentences
 
 GEN = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
 
 
 def test_batched_deduplicated_generation_equals_one_at_a_time(tiny_model, tokenizer, data_dir):
-    from lab_utils.data import load_dialogsum_csv
-
     rows = load_dialogsum_csv(data_dir)["test"]["dialogue"][:9]  # 3 dialogues x 3 references
     # special tokens suppressed: every summary has words on every CPU, so the equality compares text
     gen = dict(GEN, suppress_tokens=tokenizer.all_special_ids)
@@ -52,13 +44,16 @@ def test_truncation_is_one_plain_line_not_a_warning(tiny_model, tokenizer, capsy
     assert capsys.readouterr().out.count("1 of 1 prompts") == 1
 
 
-@pytest.mark.parametrize("bad", [[], [""], ["ok", 3]])
-def test_bad_dialogues_are_named(bad, tiny_model, tokenizer):
-    with pytest.raises(LabError):
-        summarize(tiny_model, tokenizer, bad, SETTINGS, progress=False)
+@pytest.mark.parametrize(
+    ("dialogues", "extra", "match"),
+    [([], {}, ""), ([""], {}, ""), (["ok", 3], {}, ""), (["#Person1#: Hi."], {"batch_size": True}, "batch_size=True")],
+)
+def test_bad_dialogues_or_batch_sizes_are_named(dialogues, extra, match, tiny_model, tokenizer):
+    with pytest.raises(LabError, match=match):
+        summarize(tiny_model, tokenizer, dialogues, SETTINGS, progress=False, **extra)
 
 
-def test_rouge_is_rouge_score_per_row_averaged():
+def test_rouge_is_rouge_score_per_row_averaged_and_tables_take_per_row_scores():
     preds, refs = ["the cat sat down", "a dog ran home", "nothing alike"], ["the cat sat up", "the dog ran", "zebra"]
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     by_hand = {k: sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs)) / 3 for k in ROUGE_KEYS}
@@ -66,6 +61,9 @@ def test_rouge_is_rouge_score_per_row_averaged():
     assert compute_rouge(["the cat sat down"], ["the cat sat up"])["rouge1"] == pytest.approx(0.75)
     with pytest.raises(LabError):
         compute_rouge(preds, refs[:2])
+    per_row = {k: [0.2, 0.4] for k in ROUGE_KEYS}  # the notebook's tables and improvements take per-row scores
+    assert rouge_table({"m": per_row}).loc["m", "rouge1"] == pytest.approx(0.3)
+    assert improvement({k: 0.5 for k in ROUGE_KEYS}, per_row)["rouge2"] == pytest.approx(20.0)
 
 
 def test_the_rouge_cell_falls_back_to_the_lab_s_metric_without_the_hub(monkeypatch, capsys):
@@ -77,14 +75,6 @@ def test_the_rouge_cell_falls_back_to_the_lab_s_metric_without_the_hub(monkeypat
     assert out == ["evaluate.load('rouge') failed (FileNotFoundError): using the lab's local copy"]
     scores = ns["rouge"].compute(predictions=["the cat sat down"], references=["the cat sat up"], use_stemmer=True)
     assert scores["rouge1"] == pytest.approx(0.75)
-
-
-def test_tables_and_improvements_take_per_row_scores():
-    per_row = {k: [0.2, 0.4] for k in ROUGE_KEYS}
-    assert rouge_table({"m": per_row}).loc["m", "rouge1"] == pytest.approx(0.3)
-    assert improvement({k: 0.5 for k in ROUGE_KEYS}, per_row)["rouge2"] == pytest.approx(20.0)
-    with pytest.raises(LabError):
-        rouge_table({"m": {"rouge1": 0.1}})
 
 
 def test_results_file_round_trip_and_refusals(tmp_path):
@@ -106,16 +96,9 @@ def test_sentences_split_offline():
         "Mr. Smith is here.", "#Person2# leaves!", "Is it 5?", "Yes"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def release_results():
-    from lab_utils.config import RELEASE_DIR
-
-    return read_results_file(RELEASE_DIR / "dialogue-summary-training-results.csv")
-
-
 @pytest.mark.slow
-def test_three_views_of_rouge(release_results):
-    views = rouge_views(release_results.head(60))
+def test_three_views_of_rouge():
+    views = rouge_views(read_results_file(RELEASE_DIR / "dialogue-summary-training-results.csv").head(60))
     course, split, multi = (views[v] for v in ("course-comparable", "sentence-split", "multi-reference"))
     assert (course["rougeL"] == course["rougeLsum"]).all()  # no newlines: Lsum is L
     assert (split[["rouge1", "rouge2", "rougeL"]] == course[["rouge1", "rouge2", "rougeL"]]).all().all()

@@ -7,8 +7,10 @@ summaries. (No error, every cell run, the figures shown: in_jupyterlab.py checks
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from datetime import datetime
 
 import pytest
 from notebook import code_cells, output_text
@@ -61,9 +63,6 @@ def test_the_taught_calls_are_in_their_cells(cells, cell_id, call):
 
 def test_figures_saved_as_png(cells):
     """The run saved its figures as PNG files (not files left by an earlier run: written after the run started)."""
-    import json
-    from datetime import datetime
-
     run = json.loads(EXECUTED.read_text())["metadata"]
     started = datetime.fromisoformat(run.get("lab_run", run.get("papermill", {}))["start_time"])
     figures = load_settings("offline", environ={}).work_path / "offline" / "figures"
@@ -72,12 +71,9 @@ def test_figures_saved_as_png(cells):
         assert (figures / name).stat().st_mtime >= started.timestamp() - 1, f"{name} is older than the run"
 
 
-def test_side_by_side_table(cells):
-    html = [o["data"]["text/html"] for o in cells["side-by-side"]["outputs"] if "text/html" in o.get("data", {})]
-    assert html and "<table" in "".join(html[0]) and "instruct" in "".join(html[0])
-
-
 def test_reports_and_tables(cells):
+    html = [o["data"]["text/html"] for o in cells["side-by-side"]["outputs"] if "text/html" in o.get("data", {})]
+    assert html and "<table" in "".join(html[0]) and "instruct" in "".join(html[0])  # the side-by-side table
     assert "percentage of trainable model parameters: 100.00%" in text(cells, "parameter-report")
     assert "trainable params: " in text(cells, "lora-config")
     assert "trainable model parameters: 0\n" in text(cells, "load-adapter")
@@ -91,8 +87,6 @@ def test_a_setting_from_the_environment_reached_the_kernel(cells):
 
 
 def test_section_6_merge_swap_and_serving(cells):
-    """Merge: the merged model's summaries equal the adapter's (a check that prints True); swap: both adapters'
-    outputs on one base; serving: the table of one base + two adapters vs two full models."""
     assert "merged model = unmerged adapter: True" in text(cells, "merge-check")
     assert "original model unchanged: True" in text(cells, "merge-check")
     swap = dict(line.split(": ", 1) for line in text(cells, "swap").splitlines() if ": " in line)
@@ -107,8 +101,6 @@ def test_section_6_merge_swap_and_serving(cells):
 def test_section_6_ctranslate2_serves_the_merged_model(cells):
     """The converted merged model summarizes the test dialogue, says how many of 5.2's dialogues it summarizes as
     PyTorch's generate does, and shows both times (no speed is asserted: that is the benchmark's)."""
-    import re
-
     summary = text(cells, "ct2-convert").split("CTRANSLATE2 SUMMARY:", 1)[1].splitlines()[0]
     assert summary.strip()
     assert re.search(r"on disk: [\d.]+ [kMG]?B converted, [\d.]+ [kMG]?B merged", text(cells, "ct2-convert"))
@@ -121,8 +113,6 @@ def test_section_6_ctranslate2_serves_the_merged_model(cells):
 def test_the_results_file_story_as_the_notebook_prints_it(cells):
     """Section 5.3 as a learner reads it: the fine-tuned models beat the best constant summary on ROUGE-1/2/L and
     write distinct summaries for >= 90% of the test dialogues (a model that ignores its input could not)."""
-    import re
-
     table = text(cells, "file-rouge-three")
     rows = {
         m.group(1): [float(x) for x in m.groups()[1:4]]

@@ -51,23 +51,15 @@ def test_the_lab_replaces_what_it_wrote_until_someone_changes_it(tmp_path):
         check_output(target, "the output")
 
 
-def test_a_file_that_looks_like_ours_is_still_the_user_s(tmp_path):
-    user = tmp_path / "summaries.csv"
-    user.write_text("dialogue,summary\n")  # the lab's header, written by someone else
-    with pytest.raises(LabError):
-        check_output(user, "the output")
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")  # a save_pretrained folder of the user's
-    with pytest.raises(LabError):
-        check_output(folder, "the output", folder=True)
-    assert check_output(tmp_path / "empty-or-new", "the output", folder=True)
-
-
-def test_inputs_sources_and_kinds_are_refused(tmp_path):
+def test_a_user_s_file_or_folder_an_input_the_lab_s_source_or_a_wrong_kind_is_refused(tmp_path):
+    (tmp_path / "summaries.csv").write_text("dialogue,summary\n")  # the lab's header, written by someone else
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # a save_pretrained folder of the user's
     data = tmp_path / "in.csv"
     data.write_text("x")
     for path, kwargs in [
+        (tmp_path / "summaries.csv", {}),
+        (tmp_path / "model", {"folder": True}),
         (data, {"inputs": [data]}),
         (PROJECT_ROOT / "README.md", {}),
         (PROJECT_ROOT / "lab_utils" / "new.py", {}),
@@ -75,9 +67,10 @@ def test_inputs_sources_and_kinds_are_refused(tmp_path):
     ]:
         with pytest.raises(LabError):
             check_output(path, "the output", **kwargs)
+    assert check_output(tmp_path / "empty-or-new", "the output", folder=True)
 
 
-def test_a_symlinked_folder_is_written_through_its_target(tmp_path):
+def test_a_symlinked_folder_is_written_through_its_target_a_symlink_at_a_file_is_the_user_s(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
     link = tmp_path / "link"
@@ -88,6 +81,16 @@ def test_a_symlinked_folder_is_written_through_its_target(tmp_path):
             (tmp / "a").write_text("1")
         out = check_output(link, "the output", folder=True)
     assert link.is_symlink() and (real / "a").read_text() == "1"
+    # a symlink at a file's target is the user's, even to a file of the lab's
+    with write_file(tmp_path / "ours.csv") as tmp:
+        tmp.write_text("ours")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "ours.csv")
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere")
+    for name in ("link.csv", "dangling.csv"):
+        with pytest.raises(LabError, match="not the lab.s"), write_file(tmp_path / name) as tmp:
+            tmp.write_text("new")
+        assert (tmp_path / name).is_symlink()
+    assert (tmp_path / "ours.csv").read_text() == "ours" and not (tmp_path / "nowhere").exists()
 
 
 def test_what_appears_during_the_work_or_inside_the_lab_s_folder_is_the_user_s(tmp_path):
@@ -153,15 +156,3 @@ def test_a_broken_registry_never_costs_a_user_s_file(broken, tmp_path, monkeypat
         with pytest.raises(LabError, match="cannot be updated"), write_file(tmp_path / "new.csv") as tmp:
             tmp.write_text("new")
     assert [(tmp_path / n).read_text() for n in ("ours.csv", "mine.csv")] == ["ours", "mine"]
-
-
-def test_a_symlink_at_the_target_is_the_user_s(tmp_path):
-    with write_file(tmp_path / "ours.csv") as tmp:
-        tmp.write_text("ours")
-    (tmp_path / "link.csv").symlink_to(tmp_path / "ours.csv")  # even to a file of the lab's
-    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere")
-    for name in ("link.csv", "dangling.csv"):
-        with pytest.raises(LabError, match="not the lab.s"), write_file(tmp_path / name) as tmp:
-            tmp.write_text("new")
-        assert (tmp_path / name).is_symlink()
-    assert (tmp_path / "ours.csv").read_text() == "ours" and not (tmp_path / "nowhere").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,6 @@ def test_requirements_hold_no_test_tool():
 
 
 def test_a_package_whose_extra_lacks_a_package_is_installed(monkeypatch, capsys):
-    import re
-
     pins = dict(re.findall(r"^([\w.-]+)(?:\[\w+\])?==(\S+)", Path("requirements.txt").read_text(), re.M))
     monkeypatch.setattr(install, "installed", lambda name: None if name.lower() == "flask" else pins.get(name, "1"))
     calls = []

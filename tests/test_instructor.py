@@ -10,10 +10,17 @@ import hashlib
 import json
 import shutil
 
+import boto3
 import pytest
+import torch
+from conftest import refused
+from safetensors.torch import load_file, save_file
 
+from lab_utils import checkpoints, generation
+from lab_utils.__main__ import main
 from lab_utils.backstage import instructor
 from lab_utils.backstage.instructor import resume_point, run_dir, run_instructor
+from lab_utils.backstage.release import verify_release
 from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
 from lab_utils.config import RELEASE_DIR, load_settings
 from lab_utils.errors import LabError
@@ -40,7 +47,6 @@ def tiny_settings(tmp_path, data_dir, standin_dir):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, data_dir, standin_dir):
-    """One finished instructor run with `tiny` settings, trained once for this module."""
     return run_instructor(tiny(tmp_path_factory.mktemp("trained"), data_dir, standin_dir, "x"), False, False)
 
 
@@ -70,8 +76,6 @@ def stages(run) -> dict:
 
 
 def published(settings) -> dict[str, tuple]:
-    import boto3
-
     listed = boto3.client("s3").list_objects_v2(Bucket="lab-test", Prefix=settings.s3_uri.split("/", 3)[3])
     return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed.get("Contents", [])}
 
@@ -92,10 +96,8 @@ def test_the_run_writes_checkpoints_adapters_and_results(trained_run):
 
 
 def test_a_rerun_reuses_everything_and_publishes_once(finished, tiny_settings, local_s3, tmp_path):
-    from lab_utils.checkpoints import pull
-
     run_instructor(tiny_settings, progress=False)
-    full = pull(tiny_settings.s3(FULL_CHECKPOINT + "/"), tmp_path / "pulled" / FULL_CHECKPOINT)
+    full = checkpoints.pull(tiny_settings.s3(FULL_CHECKPOINT + "/"), tmp_path / "pulled" / FULL_CHECKPOINT)
     assert snapshot(full) == {k: v for k, v in snapshot(finished / FULL_CHECKPOINT).items() if k != MARK}  # unpublished
     files, objects = snapshot(finished), published(tiny_settings)
     assert len(objects) >= 5
@@ -126,8 +128,6 @@ def test_a_changed_recipe_or_setting_retrains_what_it_changes(change, finished, 
 
 def test_a_damaged_newest_checkpoint_is_never_resumed_from(tiny_settings, monkeypatch, tmp_path):
     """The stage stops after its checkpoints are written; each damage to checkpoint-4 makes it unusable."""
-    import torch
-    from safetensors.torch import load_file, save_file
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -177,8 +177,6 @@ def test_a_missing_bucket_is_found_before_training(tiny_settings, local_s3, monk
 
 
 def test_empty_summaries_are_never_written_or_published(finished, tiny_settings, local_s3, monkeypatch):
-    from lab_utils import generation
-
     real = generation.summarize
 
     def silent_peft(model, tokenizer, dialogues, settings, **kwargs):
@@ -197,8 +195,6 @@ def test_empty_summaries_are_never_written_or_published(finished, tiny_settings,
 
 
 def cli(monkeypatch, work, model, data, *argv) -> int:
-    from lab_utils.__main__ import main
-
     for name, value in (("PROFILE", "offline"), ("WORK_DIR", work), ("MODEL_ID", model), ("DATA_DIR", data)):
         monkeypatch.setenv("LAB_" + name, str(value))
     return main(list(argv))
@@ -207,13 +203,12 @@ def cli(monkeypatch, work, model, data, *argv) -> int:
 def test_a_run_that_fails_the_story_checks_is_not_released(finished, tiny_settings, monkeypatch, tmp_path, capsys):
     code = cli(monkeypatch, tiny_settings.work_dir, tiny_settings.model_id, tiny_settings.data_dir,
                "release", "--to", str(tmp_path / "trial"))  # fmt: skip
-    assert code == 2 and "story checks" in capsys.readouterr().err and not (tmp_path / "trial").exists()
+    refused(code, capsys, "story checks")
+    assert not (tmp_path / "trial").exists()
 
 
 @pytest.mark.slow
 def test_the_committed_release_s_own_run_is_released_and_verifies(tmp_path, monkeypatch, capsys):
-    from lab_utils.backstage.release import verify_release
-
     manifest = verify_release(RELEASE_DIR)
     settings = load_settings("offline", environ={})
     if not settings.path(settings.data_dir).is_dir():
@@ -242,8 +237,7 @@ def test_a_user_s_file_among_the_run_s_outputs_stops_the_instructor(mine, finish
     before = snapshot(finished)
     code = cli(monkeypatch, tiny_settings.work_dir, tiny_settings.model_id, tiny_settings.data_dir,
                "instructor", "--no-upload", "--full-steps", "5")  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and "did not write" in err and mine.split("/")[0] in err and "Traceback" not in err, err
+    refused(code, capsys, "did not write", mine.split("/")[0])
     assert snapshot(finished) == before
 
 
@@ -251,5 +245,5 @@ def test_build_model_refuses_a_folder_it_did_not_write(tmp_path, monkeypatch, da
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine\n")
     code = cli(monkeypatch, tmp_path / "work", standin_dir, data_dir, "build-model", "--out", str(tmp_path / "mine"))
-    assert code == 2 and "did not write" in capsys.readouterr().err
+    refused(code, capsys, "did not write")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -5,22 +5,19 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from conftest import refused
+from notebook import code_cells
 
 from lab_utils.__main__ import NOTEBOOK, main
+from lab_utils.backstage.summarize_cli import read_dialogues
 from lab_utils.config import PROJECT_ROOT, load_settings
+from lab_utils.errors import LabError
+from lab_utils.scoring import improvement, rouge_table
 
 OFFLINE = load_settings("offline", environ={})
-
-
-def refused(code, capsys, *words) -> str:
-    """The command exited 2 with one message (no traceback) that holds `words`; returns it."""
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-    return err
 
 
 # --- 3. run and bench check their outputs before the work -----------------------------------------------------------
@@ -43,26 +40,22 @@ def test_run_never_writes_over_the_lab_s_own_files(output, capsys, monkeypatch):
     assert NOTEBOOK.read_bytes() == before and not (PROJECT_ROOT / "lab_utils" / "x.ipynb").exists()
 
 
-def test_run_keeps_a_user_s_file(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("output", "args", "word"),
+    [
+        ("mine.ipynb", [], "did not write"),
+        ("x.ipynb", ["-p", "NOT_A_PARAM", "3"], "NOT_A_PARAM"),
+        ("x.ipynb", ["-p", "PROFILE", "1"], "1"),
+        ("x.ipynb", ["-p", "LORA_RANK", "0"], "0"),
+        ("x.ipynb", ["-p", "FULL_STEPS", "-1"], "-1"),
+        ("x.ipynb", ["-p", "FULL_STEPS", "2.5"], "2.5"),
+    ],
+)
+def test_run_checks_its_output_and_parameters_before_any_cell_runs(output, args, word, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LAB_PROFILE", "offline")
     (tmp_path / "mine.ipynb").write_text("{}")
-    refused(main(["run", "--output", str(tmp_path / "mine.ipynb")]), capsys, "did not write")
-    assert (tmp_path / "mine.ipynb").read_text() == "{}"
-
-
-def test_run_refuses_an_unknown_parameter_before_any_cell_runs(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("LAB_PROFILE", "offline")
-    refused(main(["run", "-p", "NOT_A_PARAM", "3", "--output", str(tmp_path / "x.ipynb")]), capsys, "NOT_A_PARAM")
-    assert not (tmp_path / "x.ipynb").exists()  # nothing executed
-
-
-@pytest.mark.parametrize(
-    "parameter", [("PROFILE", "1"), ("LORA_RANK", "0"), ("FULL_STEPS", "-1"), ("FULL_STEPS", "2.5")]
-)
-def test_run_checks_the_parameters_before_the_kernel_starts(parameter, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("LAB_PROFILE", "offline")
-    refused(main(["run", "-p", *parameter, "--output", str(tmp_path / "x.ipynb")]), capsys, parameter[1])
-    assert not (tmp_path / "x.ipynb").exists()
+    refused(main(["run", *args, "--output", str(tmp_path / output)]), capsys, word)
+    assert (tmp_path / "mine.ipynb").read_text() == "{}" and not (tmp_path / "x.ipynb").exists()  # nothing executed
 
 
 @pytest.mark.slow
@@ -77,12 +70,10 @@ def test_run_shows_the_failing_cell_and_its_lab_error(tmp_path, capsys, monkeypa
 
 
 def test_bench_checks_its_report_path_before_measuring(tmp_path, capsys, monkeypatch):
-    mine = tmp_path / "report.json"
-    mine.write_text("the user's")
+    (mine := tmp_path / "report.json").write_text("the user's")
     monkeypatch.setattr("lab_utils.backstage.bench.measure", lambda *a, **k: pytest.fail("measured before the check"))
     code = main(["bench", "--smoke", "--only", "1", "--output", str(mine)])
-    err = capsys.readouterr().err
-    assert code == 2 and "already exists" in err and "Traceback" not in err, err
+    refused(code, capsys, "error: the report (--output)", "already exists")
     assert mine.read_text() == "the user's"
 
 
@@ -99,28 +90,27 @@ def dialogues_csv(tmp_path, monkeypatch):
     return path
 
 
-def test_summarize_never_overwrites_its_input(dialogues_csv, capsys):
-    before = dialogues_csv.read_bytes()
-    refused(main(["summarize", "--output", "calls.csv", "calls.csv"]), capsys, "is also the input")
-    refused(main(["summarize", "--output", str(dialogues_csv), "./calls.csv"]), capsys, "is also the input")
-    assert dialogues_csv.read_bytes() == before
-
-
 @pytest.mark.parametrize(
-    ("output", "words"),
+    ("output", "word"),
     [
-        (".", ["is a folder"]),
-        ("mine.csv", ["did not write"]),
-        (str(PROJECT_ROOT / "lab_utils" / "out.csv"), ["lab's own lab_utils"]),
+        ("calls.csv", "is also the input"),
+        ("./calls.csv", "is also the input"),
+        ("{tmp}/calls.csv", "is also the input"),
+        (".", "is a folder"),
+        ("mine.csv", "did not write"),
+        (str(PROJECT_ROOT / "lab_utils" / "out.csv"), "lab's own lab_utils"),
     ],
-    ids=["a-folder", "a-user-s-file", "the-lab-s-source"],
+    ids=["the-input", "the-input-as-./", "the-input-absolute", "a-folder", "a-user-s-file", "the-lab-s-source"],
 )
-def test_summarize_checks_its_output_before_loading_a_model(dialogues_csv, tmp_path, capsys, output, words):
+def test_summarize_checks_its_output_before_loading_a_model(dialogues_csv, tmp_path, capsys, output, word):
     (tmp_path / "mine.csv").write_text("keep me\n")
+    before = dialogues_csv.read_bytes()
     # a model that cannot load: the output's problem is what is reported, so it was checked first
-    code = main(["summarize", "--merged", str(tmp_path / "no-model"), "--output", output, "calls.csv"])
-    refused(code, capsys, "--output", *words)
-    assert (tmp_path / "mine.csv").read_text() == "keep me\n"
+    code = main(
+        ["summarize", "--merged", str(tmp_path / "no-model"), "--output", output.format(tmp=tmp_path), "calls.csv"]
+    )
+    refused(code, capsys, "--output", word)
+    assert (tmp_path / "mine.csv").read_text() == "keep me\n" and dialogues_csv.read_bytes() == before
 
 
 TWO = ["#Person1#: Hello, how are you?\n#Person2#: Fine, thanks.", "#Person1#: Where is the station?"]
@@ -131,11 +121,7 @@ TWO = ["#Person1#: Hello, how are you?\n#Person2#: Fine, thanks.", "#Person1#: W
     [
         (
             "excel.csv",
-            b'\xef\xbb\xbfid,dialogue\r\n1,"'
-            + TWO[0].replace("\n", "\r\n").encode()
-            + b'"\r\n2,'
-            + TWO[1].encode()
-            + b"\r\n",
+            ('\ufeffid,dialogue\r\n1,"' + TWO[0].replace("\n", "\r\n") + f'"\r\n2,{TWO[1]}\r\n').encode(),
             {},
         ),
         ("europe.csv", ('id;dialogue\n1;"' + TWO[0] + '"\n2;"' + TWO[1] + '"\n').encode(), {}),
@@ -149,8 +135,6 @@ TWO = ["#Person1#: Hello, how are you?\n#Person2#: Fine, thanks.", "#Person1#: W
     ],
 )
 def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
-    from lab_utils.backstage.summarize_cli import read_dialogues
-
     (tmp_path / name).write_bytes(data)
     want = [TWO[0], TWO[1].replace("station", "café")] if "encoding" in extra else TWO
     assert read_dialogues(str(tmp_path / name), **extra) == want
@@ -165,13 +149,12 @@ def test_summarize_reads_input_as_people_write_it(tmp_path, name, data, extra):
         ("two.csv", b"Dialogue,DIALOGUE\nhi,ho\n", ["column 'dialogue'", "'DIALOGUE'"]),  # what it found
         ("short.csv", b"id,dialogue\n1\n", ["row 2"]),
         ("empty.csv", b"", ["is empty"]),
+        ("commas.csv", b"dialogue\nhello, how are you\n", ["row 2"]),  # unquoted: not cut at the comma
+        ("utf16.txt", "\n\n".join(TWO).encode("utf-16-le"), ["--encoding"]),  # no byte-order mark
         ("folder", None, ["is a folder"]),
     ],
 )
 def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, data, words):
-    from lab_utils.backstage.summarize_cli import read_dialogues
-    from lab_utils.errors import LabError
-
     (tmp_path / name).mkdir() if data is None else (tmp_path / name).write_bytes(data)
     with pytest.raises(LabError) as error:
         read_dialogues(str(tmp_path / name))
@@ -179,30 +162,12 @@ def test_summarize_refuses_what_it_cannot_read_with_one_message(tmp_path, name, 
         assert word.lower() in str(error.value).lower()
 
 
-def test_every_dialogue_given_is_read_or_refused(tmp_path, monkeypatch):
-    import io
-
-    from lab_utils.backstage.summarize_cli import read_dialogues
-    from lab_utils.errors import LabError
-
+def test_every_dialogue_given_is_read_or_refused_and_standard_input_in_every_state(tmp_path, monkeypatch):
     long = "#Person1#: " + "word " * 40_000  # over the csv module's default limit of 128 kB a field
     (tmp_path / "long.csv").write_text(f'dialogue\n"{long}"\n"{TWO[1]}"\n')
     assert read_dialogues(str(tmp_path / "long.csv")) == [long.strip(), TWO[1]]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f'dialogue\n"{TWO[0]}"\n"{TWO[1]}"\n'.encode())))
     assert read_dialogues("-", column="dialogue") == TWO  # a CSV on standard input
-    (tmp_path / "commas.csv").write_text("dialogue\nhello, how are you\n")  # unquoted: not cut at the comma
-    (tmp_path / "utf16.txt").write_bytes("\n\n".join(TWO).encode("utf-16-le"))  # no byte-order mark
-    for name, words in (("commas.csv", "row 2"), ("utf16.txt", "--encoding")):
-        with pytest.raises(LabError, match=words):
-            read_dialogues(str(tmp_path / name))
-
-
-def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
-    import io
-
-    from lab_utils.backstage.summarize_cli import read_dialogues
-    from lab_utils.errors import LabError
-
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("\n\n".join(TWO).encode("utf-16"))))
     assert read_dialogues("-") == TWO  # a byte-order mark, read from the bytes, not through a UTF-8 text layer
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait")))
@@ -220,35 +185,10 @@ def test_summarize_reads_standard_input_in_every_state(monkeypatch, capsys):
 
 
 def test_settings_replace_checks_types_like_load():
-    from lab_utils.errors import LabError
-
     for change in ({"seed": "1"}, {"train_batch_size": 2.5}, {"gradient_checkpointing": 1}, {"nope": 1}):
         with pytest.raises(LabError):
             OFFLINE.replace(**change)
     assert OFFLINE.replace(full_lr=1).full_lr == 1.0  # a whole number is a fine learning rate
-
-
-def test_empty_summaries_in_training_data_are_refused(tmp_path):
-    import pandas as pd
-    from conftest import write_dialogsum
-
-    from lab_utils.data import load_dialogsum_csv
-    from lab_utils.errors import LabError
-
-    folder = write_dialogsum(tmp_path / "d")
-    train = pd.read_csv(folder / "train.csv")
-    train.loc[3, "summary"] = "   "  # whitespace only: nothing to learn
-    train.to_csv(folder / "train.csv", index=False)
-    with pytest.raises(LabError, match=r"1 empty summary\(s\) \(CSV line 5\)"):
-        load_dialogsum_csv(folder)
-
-
-def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
-    from lab_utils.errors import LabError
-    from lab_utils.generation import summarize
-
-    with pytest.raises(LabError, match="batch_size=True"):
-        summarize(tiny_model, tokenizer, ["#Person1#: Hi."], OFFLINE, batch_size=True, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -261,9 +201,6 @@ def test_summarize_refuses_a_boolean_batch(tiny_model, tokenizer):
     ],
 )
 def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
-    from lab_utils.errors import LabError
-    from lab_utils.scoring import improvement, rouge_table
-
     with pytest.raises(LabError, match=words):
         rouge_table(scores)
     if scores:
@@ -274,8 +211,6 @@ def test_the_notebook_s_rouge_helpers_explain_misuse(scores, words):
 def test_the_notebook_writes_its_folders_only_through_write_folder():
     """Each save_pretrained / CTranslate2 conversion of the notebook writes into a `write_folder` temporary folder, so a
     folder of the user's at that place is refused (files.write_folder, tested in test_files), never written into."""
-    from notebook import code_cells
-
     writes = 0
     for cell_id, cell in code_cells().items():
         lines = "".join(cell["source"]).splitlines()
@@ -283,10 +218,6 @@ def test_the_notebook_writes_its_folders_only_through_write_folder():
             if ".save_pretrained(" in line or ".convert(" in line:
                 writes += 1
                 opening = next(lines[j] for j in range(i - 1, -1, -1) if not lines[j].startswith(" "))
-                assert opening.startswith("with write_folder(") and "(folder" in line.replace(
-                    "str(folder", "(folder"
-                ), (
-                    cell_id,
-                    line,
-                )
+                into_folder = "(folder" in line.replace("str(folder", "(folder")
+                assert opening.startswith("with write_folder(") and into_folder, (cell_id, line)
     assert writes == 4  # the adapter, the merged model and its tokenizer, the CTranslate2 conversion

@@ -6,12 +6,20 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 
 import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE
-from lab_utils.config import RELEASE_DIR, load_settings
-from lab_utils.results_file import RESULTS_COLUMNS, read_results_file
+from lab_utils.backstage.release import STANDIN, name_the_release_base, verify_release
+from lab_utils.checkpoints import FULL_CHECKPOINT, PEFT_CHECKPOINT, RESULTS_FILE, TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
+from lab_utils.config import PROJECT_ROOT, RELEASE_DIR, load_settings
+from lab_utils.data import build_topic_prompt, first_dialogue_rows, load_dialogsum
+from lab_utils.generation import summarize
+from lab_utils.results_file import RESULTS_COLUMNS, TOPIC_COLUMNS, read_results_file
 from lab_utils.scoring import looks_like_text, story_checks
 
 SETTINGS = load_settings("offline", environ={})
@@ -19,8 +27,6 @@ SETTINGS = load_settings("offline", environ={})
 
 @pytest.fixture(scope="module")
 def dialogsum():
-    from lab_utils.data import load_dialogsum
-
     if not SETTINGS.path(SETTINGS.data_dir).is_dir():
         pytest.skip(f"needs DialogSum in {SETTINGS.path(SETTINGS.data_dir)} (`LAB_DATA_DIR`)")
     return load_dialogsum(SETTINGS)
@@ -32,20 +38,12 @@ def results():
 
 
 def test_the_release_is_whole():
-    from lab_utils.backstage.release import verify_release
-
     manifest = verify_release()
     assert manifest["command"] and manifest["training_seconds"]
 
 
 def test_the_release_s_adapters_name_its_own_stand_in_as_their_base(tmp_path):
     """Not the folder of the machine that trained them (what peft records), which no other machine has."""
-    import json
-    import shutil
-
-    from lab_utils.backstage.release import STANDIN, name_the_release_base
-    from lab_utils.config import PROJECT_ROOT
-
     base = (RELEASE_DIR / STANDIN).relative_to(PROJECT_ROOT).as_posix()
     for adapter in ("peft-dialogue-summary-checkpoint", "peft-dialogue-topic-checkpoint"):
         config = json.loads((RELEASE_DIR / adapter / "adapter_config.json").read_text())
@@ -87,18 +85,8 @@ def test_a_model_that_ignores_its_input_fails_the_checks(results, dialogsum):
 
 
 def test_the_committed_models_reproduce_the_committed_results(results, dialogsum):
-    """The release's models, loaded as the notebook loads them, write the release's results again (16 dialogues)."""
-    # generated in other batches than the instructor's; when this release was made, the first 60 dialogues came out
-    # identical for all three models
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from lab_utils.checkpoints import TOPIC_CHECKPOINT, TOPIC_RESULTS_FILE
-    from lab_utils.data import build_topic_prompt, first_dialogue_rows
-    from lab_utils.generation import summarize
-    from lab_utils.results_file import TOPIC_COLUMNS
-
+    # the release's models, loaded as the notebook loads them, on 16 dialogues, in other batches than the instructor's;
+    # when this release was made, the first 60 dialogues came out identical for all three models
     standin = RELEASE_DIR / "flan-t5-tiny"
     original = AutoModelForSeq2SeqLM.from_pretrained(standin, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(standin)

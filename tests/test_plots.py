@@ -9,21 +9,20 @@ import matplotlib
 matplotlib.use("Agg")
 
 from lab_utils.plots import (  # noqa: E402
+    megabatch_means,
     plot_full_vs_lora,
     plot_loss_curves,
     plot_rouge,
     read_train_log,
     summaries_side_by_side,
 )
+from lab_utils.scoring import ROUGE_KEYS  # noqa: E402
 
 PNG = b"\x89PNG"
 
 
 def test_rouge_bars(tmp_path):
-    scores = {
-        m: dict.fromkeys(("rouge1", "rouge2", "rougeL", "rougeLsum"), v)
-        for m, v in (("original", 0.1), ("instruct", 0.3), ("peft", 0.25))
-    }
+    scores = {m: dict.fromkeys(ROUGE_KEYS, v) for m, v in (("original", 0.1), ("instruct", 0.3), ("peft", 0.25))}
     fig = plot_rouge(scores, path=tmp_path / "r.png")
     ax = fig.axes[0]
     assert len(ax.patches) == 12  # 4 metrics x 3 models
@@ -64,8 +63,6 @@ def test_side_by_side_has_one_row_per_dialogue():
 
 
 def test_megabatch_means_remove_the_length_sawtooth_and_keep_the_trend():
-    from lab_utils.plots import megabatch_means
-
     # losses that fall from long to short examples inside every 50 steps, over a slow downward trend
     points = [(s, 3.0 - s / 500 + (1 - ((s - 1) % 50) / 50)) for s in range(1, 201)]
     means = megabatch_means(points)

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 
+import pandas as pd
 import pytest
 import torch
-from conftest import SETTINGS, trained_adapter
+from conftest import SETTINGS, refused, trained_adapter
+from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
 from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM
 
 from lab_utils.__main__ import main
+from lab_utils.backstage.standin import build_tiny_t5
+from lab_utils.config import load_settings
 from lab_utils.generation import summarize
-from lab_utils.models import count_parameters, fingerprint
+from lab_utils.models import check_adapter_dir, check_model_dir, count_parameters, fingerprint
+from lab_utils.serving import serving_table
 
 DIALOGUES = [
     "#Person1#: Where is the station?\n#Person2#: Next to the park, five minutes from here.",
@@ -23,22 +30,16 @@ DIALOGUES = [
 GEN = {"max_new_tokens": 10, "num_beams": 1, "do_sample": False}
 
 
+def summaries(model, tokenizer) -> list[str]:
+    return summarize(model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
+
+
 def with_adapter(model, folder, tokenizer) -> list[str]:
     """The summaries of DIALOGUES by a copy of `model` with the adapter in `folder`, loaded frozen."""
-    return summarize(
-        PeftModel.from_pretrained(copy.deepcopy(model), folder, is_trainable=False),
-        tokenizer,
-        DIALOGUES,
-        SETTINGS,
-        GEN,
-        progress=False,
-    )
+    return summaries(PeftModel.from_pretrained(copy.deepcopy(model), folder, is_trainable=False), tokenizer)
 
 
 def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tokenizer, tmp_path):
-    """Greedy summaries are equal; logits agree to float32 rounding (W + BA*s summed once vs Wx + B(Ax)*s per step)."""
-    from transformers import AutoModelForSeq2SeqLM
-
     before = fingerprint(tiny_model)
     adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=0)
     unmerged = PeftModel.from_pretrained(copy.deepcopy(tiny_model), adapter, is_trainable=False)
@@ -52,50 +53,39 @@ def test_merged_adapter_summarizes_exactly_like_the_unmerged_one(tiny_model, tok
     # the only tolerance: float32 rounding (W + s*BA summed once, vs Wx + s*B(Ax) at every step): measured 1.8e-5
     assert (a - b).abs().max() < 1e-4
     assert not torch.equal(a, tiny_model(**ids, decoder_input_ids=ids.input_ids[:, :5]).logits)  # the adapter acts
-    want = summarize(unmerged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False)
-    assert summarize(merged, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    want = summaries(unmerged, tokenizer)
+    assert summaries(merged, tokenizer) == want
     merged.save_pretrained(tmp_path / "merged")  # a plain transformers checkpoint
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
-    assert summarize(reloaded, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == want
+    assert summaries(reloaded, tokenizer) == want
     assert fingerprint(tiny_model) == before
 
 
 def test_swapped_adapters_give_what_each_gives_alone(tiny_model, tokenizer, tmp_path):
     first = trained_adapter(tiny_model, tmp_path / "first", seed=1)
     second = trained_adapter(tiny_model, tmp_path / "second", seed=2)
-    alone = {
-        name: with_adapter(tiny_model, folder, tokenizer) for name, folder in (("first", first), ("second", second))
-    }
+    alone = {"first": with_adapter(tiny_model, first, tokenizer), "second": with_adapter(tiny_model, second, tokenizer)}
     assert alone["first"] != alone["second"]  # two different adapters, so the swap is observable
     served = PeftModel.from_pretrained(copy.deepcopy(tiny_model), first, adapter_name="first", is_trainable=False)
     served.load_adapter(second, adapter_name="second", is_trainable=False)
     assert count_parameters(served)[0] == 0
     for name in ("second", "first", "second"):  # back and forth
         served.set_adapter(name)
-        assert summarize(served, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == alone[name], name
+        assert summaries(served, tokenizer) == alone[name], name
 
 
 def test_course_format_checkpoint_and_adapter_load_like_today_s(tiny_model, tokenizer, tmp_path):
-    """A transformers-4.27 `pytorch_model.bin` and a peft-0.3 `adapter_model.bin` give the same summaries."""
-    from course_world import write_adapter_peft_0_3, write_full_checkpoint_4_27
-    from transformers import AutoModelForSeq2SeqLM
-
-    from lab_utils.models import check_adapter_dir, check_model_dir
-
     tiny_model.save_pretrained(tmp_path / "today")
     old_full = write_full_checkpoint_4_27(tmp_path / "today", tmp_path / "old-full")
     assert json.loads((old_full / "config.json").read_text())["transformers_version"] == "4.27.2"
     check_model_dir(old_full)
     full = AutoModelForSeq2SeqLM.from_pretrained(old_full)
-    assert summarize(full, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False) == summarize(
-        tiny_model, tokenizer, DIALOGUES, SETTINGS, GEN, progress=False
-    )
+    assert summaries(full, tokenizer) == summaries(tiny_model, tokenizer)
     adapter = trained_adapter(tiny_model, tmp_path / "adapter", seed=3)
     old_adapter = write_adapter_peft_0_3(adapter, tmp_path / "old-adapter")
     assert sorted(p.name for p in old_adapter.iterdir()) == ["adapter_config.json", "adapter_model.bin"]
     check_adapter_dir(old_adapter, tiny_model, "tiny")
-    want = with_adapter(tiny_model, adapter, tokenizer)
-    assert with_adapter(tiny_model, old_adapter, tokenizer) == want
+    assert with_adapter(tiny_model, old_adapter, tokenizer) == with_adapter(tiny_model, adapter, tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -113,13 +103,7 @@ def test_adapter_configs_with_fields_of_other_peft_versions_load(extra, tiny_mod
 # --- the summarize command ------------------------------------------------------------------------------------------
 
 
-def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path, capsys, monkeypatch):
-    import io
-
-    import pandas as pd
-
-    from lab_utils.config import load_settings
-
+def test_summarize_command_reads_files_and_stdin_and_serves_adapters(served, tokenizer, tmp_path, capsys, monkeypatch):
     settings = load_settings()
     want = summarize(served["base"], tokenizer, DIALOGUES, settings, progress=False)
     (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES) + "\n")
@@ -131,11 +115,6 @@ def test_summarize_command_reads_text_csv_and_stdin(served, tokenizer, tmp_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("\n\n".join(DIALOGUES)))
     assert main(["summarize"]) == 0
     assert capsys.readouterr().out.splitlines()[-3:] == want
-
-
-def test_summarize_command_with_an_adapter_or_a_merged_model(served, tmp_path, capsys):
-    (tmp_path / "d.txt").write_text("\n\n".join(DIALOGUES))
-    capsys.readouterr()
     assert main(["summarize", "--adapter", str(served["adapter"]), str(tmp_path / "d.txt")]) == 0
     with_adapter = capsys.readouterr().out
     assert main(["summarize", "--merged", str(served["merged"]), str(tmp_path / "d.txt")]) == 0
@@ -158,16 +137,11 @@ def test_summarize_command_with_an_adapter_or_a_merged_model(served, tmp_path, c
 def test_summarize_command_explains_bad_input(served, tmp_path, capsys, make, args, message):
     path = tmp_path / "input.txt"
     make(path)
-    assert main(["summarize", *args, str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    refused(main(["summarize", *args, str(path)]), capsys, message)
 
 
 @pytest.mark.slow
 def test_serving_table_measures_both_ways(tokenizer, tmp_path):
-    from lab_utils.backstage.standin import build_tiny_t5
-    from lab_utils.serving import serving_table
-
     # wide enough (5M parameters, 20 MB each) that two full models stand out from the process's own memory
     base = build_tiny_t5(len(tokenizer), d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3)
     base.save_pretrained(tmp_path / "base")

@@ -21,25 +21,18 @@ import subprocess
 import sys
 
 import pytest
+import transformers
+from transformers import T5Config, T5ForConditionalGeneration
 
+from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
 from lab_utils.config import PROJECT_ROOT
 
 # transformers 5.23.0 and what it needs beyond this environment (the lab's torch, numpy, safetensors, ... are reused)
 VERSION = os.environ.get("LAB_TRANSFORMERS_5", "5.23.0")
 OVERLAY = (
-    f"transformers=={VERSION}",
-    "huggingface_hub==2.4.0",
-    "tokenizers==0.23.3",
-    "httpx2==2.16.2",
-    "httpcore2==2.16.2",
-    "typer==0.29.2",
-    "rich==15.0.0",
-    "shellingham==1.5.4",
-    "markdown-it-py==4.3.0",
-    "mdurl==0.1.2",
-    "annotated-doc==0.0.7",
-    "truststore==0.10.5",
-)
+    f"transformers=={VERSION} huggingface_hub==2.4.0 tokenizers==0.23.3 httpx2==2.16.2 httpcore2==2.16.2 typer==0.29.2 "
+    "rich==15.0.0 shellingham==1.5.4 markdown-it-py==4.3.0 mdurl==0.1.2 annotated-doc==0.0.7 truststore==0.10.5"
+).split()
 UNTIED_FLAN_T5_BASE = 247_577_856
 
 CHECKS = r"""
@@ -86,12 +79,8 @@ def test_transformers_5_fails_the_lab_s_checks(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert found["transformers"] == VERSION  # the overlay, not this environment's 4.57.6, answered
-    holds = (
-        found["built_parameters"] == UNTIED_FLAN_T5_BASE
-        and not found["release_warnings"]
-        and not found["resaved_warnings"]
-        and not found["release_lm_head_tied"]
-    )
+    holds = found["built_parameters"] == UNTIED_FLAN_T5_BASE and not found["release_lm_head_tied"]
+    holds = holds and not found["release_warnings"] and not found["resaved_warnings"]
     assert not holds, f"transformers {VERSION} passes the checks that kept the lab on 4.57.6: move to it (issue 22)"
     # what fails, as requirements.txt says; a version that fixes part of it is named, with what it changed
     measured = {
@@ -108,11 +97,6 @@ def test_transformers_5_fails_the_lab_s_checks(tmp_path):
 
 def test_this_environment_keeps_flan_t5_untied():
     """The pinned 4.57.6: the same checks hold (the benchmark's architecture is Flan-T5's, 247,577,856)."""
-    import transformers
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    from lab_utils.backstage.standin import FLAN_T5_BASE_CONFIG
-
     assert transformers.__version__ == "4.57.6"
     config = T5Config(**FLAN_T5_BASE_CONFIG)
     assert config.tie_word_embeddings is False
