@@ -91,24 +91,31 @@ def dialogues_csv(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("output", "word"),
+    ("output", "word", "source"),
     [
-        ("calls.csv", "is also the input"),
-        ("./calls.csv", "is also the input"),
-        ("{tmp}/calls.csv", "is also the input"),
-        (".", "is a folder"),
-        ("mine.csv", "did not write"),
-        (str(PROJECT_ROOT / "lab_utils" / "out.csv"), "lab's own lab_utils"),
+        ("calls.csv", "is also the input", "calls.csv"),
+        ("./calls.csv", "is also the input", "calls.csv"),
+        ("{tmp}/calls.csv", "is also the input", "calls.csv"),
+        ("{tmp}/calls.csv", "is also the input", "./calls.csv"),  # the input spelled otherwise than the output
+        (".", "is a folder", "calls.csv"),
+        ("mine.csv", "did not write", "calls.csv"),
+        (str(PROJECT_ROOT / "lab_utils" / "out.csv"), "lab's own lab_utils", "calls.csv"),
     ],
-    ids=["the-input", "the-input-as-./", "the-input-absolute", "a-folder", "a-user-s-file", "the-lab-s-source"],
+    ids=[
+        "the-input",
+        "the-input-as-./",
+        "the-input-absolute",
+        "the-input-given-as-./",
+        "a-folder",
+        "a-user-s-file",
+        "the-lab-s-source",
+    ],
 )
-def test_summarize_checks_its_output_before_loading_a_model(dialogues_csv, tmp_path, capsys, output, word):
+def test_summarize_checks_its_output_before_loading_a_model(dialogues_csv, tmp_path, capsys, output, word, source):
     (tmp_path / "mine.csv").write_text("keep me\n")
     before = dialogues_csv.read_bytes()
     # a model that cannot load: the output's problem is what is reported, so it was checked first
-    code = main(
-        ["summarize", "--merged", str(tmp_path / "no-model"), "--output", output.format(tmp=tmp_path), "calls.csv"]
-    )
+    code = main(["summarize", "--merged", str(tmp_path / "no-model"), "--output", output.format(tmp=tmp_path), source])
     refused(code, capsys, "--output", word)
     assert (tmp_path / "mine.csv").read_text() == "keep me\n" and dialogues_csv.read_bytes() == before
 
