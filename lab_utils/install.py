@@ -50,9 +50,9 @@ def install_requirements(path: str | Path = "requirements.txt") -> None:
     torch = installed("torch")
     gpu = shutil.which("nvidia-smi") is not None
     if torch == pins["torch"]:
-        cpu_only = gpu and "+cpu" in metadata.version("torch")
-        print(f"torch {metadata.version('torch')}: the version the lab is tested with, kept"
-              + (" (a CPU build: it will not use this machine's GPU)" if cpu_only else ""))  # fmt: skip
+        full = metadata.version("torch")  # with its local label: 2.13.0+cpu
+        print(f"torch {full}: the version the lab is tested with, kept"
+              + (" (a CPU build: it will not use this machine's GPU)" if gpu and "+cpu" in full else ""))  # fmt: skip
     else:
         build = "torch-cuda" if gpu else "torch-cpu"
         now = f"{torch} is not the tested version" if torch else "is not installed"

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lab_utils.__main__ import EXECUTED, NOTEBOOK  # noqa: E402
-from lab_utils.files import write_file  # noqa: E402
+from lab_utils.files import write_file, write_folder  # noqa: E402
 
 SHOTS = EXECUTED.parent / "screenshots"
 # tqdm's text bar ("Map: 100%|####| 12/12 [00:00<00:00, 99 examples/s]", "12it [00:01, 9.00it/s, loss=1]"), as a
@@ -50,7 +50,7 @@ if (!window.labKernelDied) {  // a kernel that dies is restarted under the same 
   panel.sessionContext.statusChanged.connect((_, status) => {
     if (['dead', 'restarting', 'autorestarting'].includes(status)) window.labKernelDied[0] = true; });
 }
-return {kernel: kernel.status, died: window.labKernelDied[0], total: cells.length,
+return {kernel: kernel.status, died: window.labKernelDied[0],
         cells: cells.map(c => ({type: c.model.type, id: c.model.id, count: c.model.executionCount,
                                 prompt: (c.node.querySelector('.jp-InputPrompt') || {}).textContent || ''}))};"""
 SCROLL = """const [index, done] = arguments; const nb = window.jupyterapp.shell.currentWidget.content;
@@ -186,19 +186,17 @@ def check(driver, notebook: dict, state: dict) -> list[str]:
     return failures
 
 
-def screenshots(driver, notebook: dict, folder: Path) -> list[Path]:
-    """One screenshot per heading, scrolled to the top of the window."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
-    shots = []
-    for i, cell in enumerate(notebook["cells"]):
-        heading = cell["cell_type"] == "markdown" and re.search(r"^#+ (.+)$", "".join(cell["source"]), re.M)
-        if heading:
-            driver.execute_async_script(SCROLL, i)
-            slug = re.sub(r"[^a-z0-9]+", "-", heading.group(1).lower()).strip("-")[:50]
-            shots.append(folder / f"{len(shots) + 1:02d}-{slug}.png")
-            driver.save_screenshot(str(shots[-1]))
+def screenshots(driver, notebook: dict, folder: Path) -> int:
+    """One screenshot per heading, scrolled to the top of the window; `folder` replaced whole (files.write_folder)."""
+    shots = 0
+    with write_folder(folder) as tmp:
+        for i, cell in enumerate(notebook["cells"]):
+            heading = cell["cell_type"] == "markdown" and re.search(r"^#+ (.+)$", "".join(cell["source"]), re.M)
+            if heading:
+                driver.execute_async_script(SCROLL, i)
+                shots += 1
+                slug = re.sub(r"[^a-z0-9]+", "-", heading.group(1).lower()).strip("-")[:50]
+                driver.save_screenshot(str(tmp / f"{shots:02d}-{slug}.png"))
     return shots
 
 
@@ -241,7 +239,7 @@ def canary(driver, url: str, path: Path, flaws: list) -> list[str]:
 
     cells = [nbformat.v4.new_code_cell(source, metadata={"tags": tags}, id=f"canary-{i}")
              for i, (source, tags, _) in enumerate(flaws)]  # fmt: skip
-    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
+    kernel = {"kernelspec": json.loads(NOTEBOOK.read_text(encoding="utf-8"))["metadata"]["kernelspec"]}  # the lab's
     path.write_text(nbformat.writes(nbformat.v4.new_notebook(cells=cells, metadata=kernel)), encoding="utf-8")
     notebook, state = learner_run(driver, url, path, 120)
     found = check(driver, notebook, state)
@@ -296,7 +294,7 @@ def main() -> int:
                                        "start_time": started.isoformat()}  # fmt: skip
     with write_file(EXECUTED) as tmp:
         tmp.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"Saved {EXECUTED.relative_to(ROOT)} and {len(shots)} screenshots in {SHOTS.relative_to(ROOT)}/ "
+    print(f"Saved {EXECUTED.relative_to(ROOT)} and {shots} screenshots in {SHOTS.relative_to(ROOT)}/ "
           f"({time.time() - t0:.0f} s)")  # fmt: skip
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
